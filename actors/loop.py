@@ -1,0 +1,88 @@
+"""The core process's one thread: a blocking ``zmq.Poller`` loop over every actor's sockets.
+
+Actors are a boundary of state and messages, not of threads (one GIL makes threads slower, see
+MEASURED.md). Each turn the loop drains every ready socket without blocking and hands an actor its
+whole batch at once, then fires due timers, then lets every actor flush what it queued: so an actor
+sends one frame per destination per turn however many requests it handled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import structlog
+import zmq
+
+log = structlog.get_logger()
+
+DRAIN_LIMIT = 4096  # messages taken from one socket per turn, so one busy peer cannot starve the rest
+
+
+class Actor:
+    """What the loop needs from an actor; the actor's logic lives in its own pure modules."""
+
+    name = "actor"
+
+    def sockets(self) -> Sequence[zmq.Socket]:
+        """The sockets the loop polls for this actor."""
+        return ()
+
+    def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        """Everything that arrived on ``sock`` since the last turn, each as its list of frames."""
+
+    def deadline(self) -> float | None:
+        """The monotonic time of this actor's next timer, or None."""
+        return None
+
+    def on_time(self, now: float) -> None:
+        """Called once a turn when ``deadline()`` has passed."""
+
+    def flush(self) -> None:
+        """Send what this turn queued (one frame per destination)."""
+
+    def close(self) -> None:
+        """Release sockets and files; the loop has stopped."""
+
+
+class Loop:
+    """Runs actors until :meth:`stop`; never blocks longer than the nearest timer."""
+
+    def __init__(self, actors: Sequence[Actor]) -> None:
+        self.actors = list(actors)
+        self.poller = zmq.Poller()
+        self.owner: dict[zmq.Socket, Actor] = {}
+        for actor in self.actors:
+            for sock in actor.sockets():
+                self.poller.register(sock, zmq.POLLIN)
+                self.owner[sock] = actor
+        self.running = False
+
+    def stop(self) -> None:
+        self.running = False
+
+    def run(self) -> None:
+        self.running = True
+        actors = self.actors
+        while self.running:
+            now = time.monotonic()
+            deadlines = [d for d in (a.deadline() for a in actors) if d is not None]
+            timeout_ms = max(0, int((min(deadlines) - now) * 1000) + 1) if deadlines else 1000
+            for sock, _ in self.poller.poll(timeout_ms):
+                messages = []
+                for _ in range(DRAIN_LIMIT):
+                    try:
+                        messages.append(sock.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+                if messages:
+                    self.owner[sock].handle(sock, messages)
+            now = time.monotonic()
+            for actor in actors:
+                due = actor.deadline()
+                if due is not None and due <= now:
+                    actor.on_time(now)
+            for actor in actors:
+                actor.flush()
+        for actor in actors:
+            actor.close()

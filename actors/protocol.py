@@ -1,0 +1,109 @@
+"""The node's message schema: how requests, results and raft entries travel as ZeroMQ frames.
+
+Request and response bodies are etcd's own protobuf messages (``actors.proto``): the gRPC
+frontend already holds them serialized, the REST gateway maps JSON onto the same messages, and a
+raft entry stores a request exactly as a client sent it. What this module adds is the envelope:
+one frame carries many records (pyzmq's cost is per frame, not per byte), each record a fixed
+struct header followed by raw bytes. No base64, no pickle, no per-record allocation beyond slicing.
+
+Frame layout::
+
+    kind:u8  aux:u64  ( id:u64  code:u8  length:u32  body[length] )*
+
+``kind`` says what the records are (:class:`Kind`), ``aux`` is one number for the whole frame
+(the raft term on committed entries, otherwise 0). A record's ``code`` is a :class:`Method` on
+requests and a gRPC status code on results (0 = ok and the body is the response message; any
+other code and the body is etcd's UTF-8 error text).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from enum import IntEnum
+
+FRAME_HEADER = struct.Struct("<BQ")
+RECORD_HEADER = struct.Struct("<QBI")
+PROPOSAL_HEADER = struct.Struct("<QB")
+
+Record = tuple[int, int, bytes]
+
+
+class Kind(IntEnum):
+    """What the records of a frame are."""
+
+    REQUEST = 1  # frontend -> session: (client request id, Method, request message)
+    RESULT = 2  # any actor -> session -> frontend: (request id, status code, response or error text)
+    PROPOSE = 3  # session -> raft: (request key, Method, request message)
+    READ = 4  # session -> raft (linearizable) or -> storage (serializable, or after a ReadIndex)
+    COMMITTED = 5  # raft -> storage: (raft index, EntryType, entry data); aux = raft term
+    APPLIED_DURABLE = 6  # storage -> raft, no records: aux = highest index whose effects are fsynced
+
+
+class Method(IntEnum):
+    """Every operation the node serves; the numbers are part of the native wire protocol."""
+
+    RANGE = 1
+    PUT = 2
+    DELETE_RANGE = 3
+    TXN = 4
+    COMPACT = 5
+    STATUS = 20
+    MEMBER_LIST = 21
+
+
+WRITES = frozenset({Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT})
+
+
+class EntryType(IntEnum):
+    """Raft log entry types as the storage actor sees them."""
+
+    NORMAL = 0  # data is a proposal: encode_proposal(key, method, request)
+    EMPTY = 1  # a new leader's no-op entry: only advances the applied index
+
+
+def pack(kind: int, records: Iterable[Record], aux: int = 0) -> bytes:
+    """Encode ``records`` as one frame."""
+    parts = [FRAME_HEADER.pack(kind, aux)]
+    header = RECORD_HEADER.pack
+    for rid, code, body in records:
+        parts.append(header(rid, code, len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+class MalformedFrame(ValueError):
+    """A frame whose bytes do not follow the layout (truncated, or not ours at all)."""
+
+
+def unpack(frame: bytes) -> tuple[int, int, list[Record]]:
+    """Decode a frame into ``(kind, aux, records)``; raise :class:`MalformedFrame` on bad bytes."""
+    if len(frame) < FRAME_HEADER.size:
+        raise MalformedFrame(f"frame of {len(frame)} bytes is shorter than its header")
+    kind, aux = FRAME_HEADER.unpack_from(frame, 0)
+    records: list[Record] = []
+    view = memoryview(frame)
+    offset, end = FRAME_HEADER.size, len(frame)
+    size = RECORD_HEADER.size
+    unpack_from = RECORD_HEADER.unpack_from
+    while offset < end:
+        if end - offset < size:
+            raise MalformedFrame("truncated record header")
+        rid, code, length = unpack_from(frame, offset)
+        offset += size
+        if end - offset < length:
+            raise MalformedFrame("record body runs past the end of the frame")
+        records.append((rid, code, bytes(view[offset : offset + length])))
+        offset += length
+    return kind, aux, records
+
+
+def encode_proposal(key: int, method: int, request: bytes) -> bytes:
+    """The data of a NORMAL raft entry: who asked (a member-prefixed key), what, and the request."""
+    return PROPOSAL_HEADER.pack(key, method) + request
+
+
+def decode_proposal(data: bytes) -> tuple[int, int, bytes]:
+    """Inverse of :func:`encode_proposal`: ``(key, method, request)``."""
+    key, method = PROPOSAL_HEADER.unpack_from(data, 0)
+    return key, method, data[PROPOSAL_HEADER.size :]

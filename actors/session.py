@@ -1,0 +1,148 @@
+"""The session actor: the core's front door, where frontend requests enter and answers leave.
+
+It owns the ROUTER socket the frontend processes connect to. Each request gets a node-wide key
+(this member's 16-bit prefix + a counter, like etcd's request ids) that travels with it through
+raft and storage, so whichever actor finishes a request can answer it here. Requests that can be
+refused without consulting anyone (too large, malformed, etcd's pre-proposal checks) are refused
+here; the rest are routed: writes and linearizable reads to raft, serializable reads to storage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+import zmq
+
+from actors import errors
+from actors.loop import Actor
+from actors.mailbox import Mailbox, inbox
+from actors.proto import rpc_pb2
+from actors.protocol import WRITES, Kind, MalformedFrame, Method, Record, pack, unpack
+from actors.storage.validate import validate
+
+log = structlog.get_logger()
+
+KNOWN_METHODS = frozenset(int(m) for m in Method)
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    max_request_bytes: int = 1572864
+    max_txn_ops: int = 128
+    request_timeout: float = 7.0
+
+
+def key_prefix(member_id: int) -> int:
+    """The high 16 bits of every request key this member issues."""
+    return (member_id & 0xFFFF) << 48
+
+
+class SessionActor(Actor):
+    name = "session"
+
+    def __init__(self, ctx: zmq.Context, url: str, member_id: int, limits: Limits) -> None:
+        self.front = ctx.socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.LINGER, 0)
+        self.front.setsockopt(zmq.SNDHWM, 0)
+        self.front.setsockopt(zmq.RCVHWM, 0)
+        self.front.bind(url)
+        self.url = self.front.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.inbox = inbox(ctx, self.name)
+        self.raft = Mailbox(ctx, "raft")
+        self.storage = Mailbox(ctx, "storage")
+        self.limits = limits
+        self.prefix = key_prefix(member_id)
+        self.counter = 0
+        self.waiting: dict[int, tuple[bytes, int, float]] = {}
+        self.replies: dict[bytes, list[Record]] = {}
+        self.next_sweep = time.monotonic() + 1.0
+
+    def sockets(self) -> Sequence[zmq.Socket]:
+        return (self.front, self.inbox)
+
+    def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        if sock is self.front:
+            deadline = time.monotonic() + self.limits.request_timeout
+            for message in messages:
+                if len(message) != 2:
+                    log.warning("frontend_message_malformed", parts=len(message))
+                    continue
+                identity, frame = message
+                try:
+                    kind, _, records = unpack(frame)
+                except MalformedFrame as e:
+                    log.warning("frontend_frame_malformed", error=str(e))
+                    continue
+                if kind == Kind.REQUEST:
+                    for rid, method, body in records:
+                        self._request(identity, rid, method, body, deadline)
+            return
+        for (frame,) in messages:
+            _, _, records = unpack(frame)
+            for key, status, body in records:
+                self._answer(key, status, body)
+
+    def _reply(self, identity: bytes, record: Record) -> None:
+        replies = self.replies.get(identity)
+        if replies is None:
+            self.replies[identity] = [record]
+        else:
+            replies.append(record)
+
+    def _fail(self, identity: bytes, rid: int, error: errors.EtcdError) -> None:
+        self._reply(identity, (rid, error.code, error.message.encode()))
+
+    def _request(self, identity: bytes, rid: int, method: int, body: bytes, deadline: float) -> None:
+        if method not in KNOWN_METHODS:
+            self._fail(identity, rid, errors.EtcdError(errors.Code.UNIMPLEMENTED, f"unknown method {method}"))
+            return
+        if len(body) > self.limits.max_request_bytes:
+            self._fail(identity, rid, errors.REQUEST_TOO_LARGE)
+            return
+        try:
+            validate(Method(method), body, self.limits.max_txn_ops)
+        except errors.EtcdError as e:
+            self._fail(identity, rid, e)
+            return
+        self.counter += 1
+        key = self.prefix | self.counter
+        self.waiting[key] = (identity, rid, deadline)
+        if method in WRITES:
+            self.raft.put(Kind.PROPOSE, (key, method, body))
+        elif method == Method.RANGE and rpc_pb2.RangeRequest.FromString(body).serializable:
+            self.storage.put(Kind.READ, (key, method, body))
+        else:
+            self.raft.put(Kind.READ, (key, method, body))
+
+    def _answer(self, key: int, status: int, body: bytes) -> None:
+        waiting = self.waiting.pop(key, None)
+        if waiting is not None:
+            identity, rid, _ = waiting
+            self._reply(identity, (rid, status, body))
+
+    def deadline(self) -> float | None:
+        return self.next_sweep
+
+    def on_time(self, now: float) -> None:
+        """Answer requests that raft never committed in time (a lost leader) with etcd's timeout."""
+        self.next_sweep = now + 1.0
+        late = [key for key, (_, _, deadline) in self.waiting.items() if deadline < now]
+        for key in late:
+            self._answer(key, errors.TIMEOUT.code, errors.TIMEOUT.message.encode())
+
+    def flush(self) -> None:
+        self.raft.flush()
+        self.storage.flush()
+        if self.replies:
+            replies, self.replies = self.replies, {}
+            for identity, records in replies.items():
+                self.front.send_multipart([identity, pack(Kind.RESULT, records)], copy=False)
+
+    def close(self) -> None:
+        for sock in (self.front, self.inbox):
+            sock.close(linger=0)
+        self.raft.close()
+        self.storage.close()

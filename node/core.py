@@ -1,0 +1,72 @@
+"""The core process: every actor of a node in one thread, driven by one Poller loop.
+
+Started by the supervisor as ``python -m node.core`` with the node's config in ``CAIRN_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import structlog
+import zmq
+
+from actors.loop import Loop
+from actors.raft.actor import Member, RaftActor, RaftSettings
+from actors.session import Limits, SessionActor, key_prefix
+from actors.storage.actor import StorageActor, StorageSettings
+from node.config import NodeConfig, split_urls
+from node.logging import setup_logging
+
+log = structlog.get_logger()
+
+
+def members(config: NodeConfig) -> tuple[Member, ...]:
+    ids = config.member_ids()
+    own_clients = tuple(split_urls(config.advertise_client_urls))
+    return tuple(
+        Member(ids[name], name, tuple(urls), own_clients if name == config.name else ())
+        for name, urls in config.cluster_peers().items()
+    )
+
+
+def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
+    """Wire the actors of one member; storage opens first so raft knows what is already applied."""
+    storage = StorageActor(
+        ctx,
+        StorageSettings(config.member_id, config.cluster_id, config.data_dir, key_prefix(config.member_id)),
+    )
+    raft = RaftActor(
+        ctx,
+        RaftSettings(
+            member_id=config.member_id,
+            members=members(config),
+            data_dir=config.data_dir,
+            heartbeat_ms=config.heartbeat_interval,
+            election_ms=config.election_timeout,
+            applied=storage.applied_index,
+        ),
+    )
+    limits = Limits(config.max_request_bytes, config.max_txn_ops)
+    session = SessionActor(ctx, config.core_url, config.member_id, limits)
+    log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")
+    return Loop([session, raft, storage])
+
+
+def main() -> None:
+    config = NodeConfig.from_json(os.environ["CAIRN_CONFIG"])
+    setup_logging(config.log_level, "core")
+    sys.setswitchinterval(0.0005)
+    os.makedirs(config.data_dir, exist_ok=True)
+    ctx = zmq.Context()
+    loop = build(config, ctx)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop())
+    loop.run()
+    ctx.term()
+    log.info("core_stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Finding and enabling plugins: entry points of the ``cairn`` group, filtered by the config."""
+
+from __future__ import annotations
+
+import pluggy
+import structlog
+
+from node.config import ConfigError, NodeConfig
+from node.hookspecs import PROJECT, Frontend, FrontendSpec
+
+log = structlog.get_logger()
+
+
+def plugin_manager(config: NodeConfig) -> pluggy.PluginManager:
+    """A manager holding exactly the plugins the config enables (``enabled: false`` turns one off)."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(FrontendSpec)
+    pm.load_setuptools_entrypoints(PROJECT)
+    available = {name for name, _ in pm.list_name_plugin()}
+    for name in set(config.plugins) - available:
+        raise ConfigError(f"plugins: no plugin named {name!r} is installed (have: {', '.join(sorted(available))})")
+    for name, plugin in list(pm.list_name_plugin()):
+        settings = config.plugins.get(name)
+        if settings is None or not settings.get("enabled", True):
+            pm.unregister(plugin, name)
+    return pm
+
+
+def frontends(config: NodeConfig) -> list[Frontend]:
+    """Ask every enabled plugin for its frontends, passing each its own settings."""
+    pm = plugin_manager(config)
+    result: list[Frontend] = []
+    for impl in pm.hook.cairn_frontends.get_hookimpls():
+        settings = config.plugins.get(impl.plugin_name, {})
+        result.extend(impl.function(config=config, settings=settings))
+    log.info("plugins_loaded", frontends=[f.name for f in result])
+    return result

@@ -1,0 +1,89 @@
+"""The etcd v3 gRPC API on ``listen-client-urls``.
+
+Handlers never decode a message: gRPC hands over the request's serialized bytes, they go to the
+core unchanged, and the core's serialized response goes back unchanged (identity serializers).
+That keeps this process's share of a request to gRPC's own cost, which is the largest one on the
+path (≈240 µs of CPU per unary call, MEASURED.md). Errors come back as etcd's status code and
+text, which clients (etcdctl, clientv3) turn into their typed errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from actors.errors import EtcdError
+from actors.protocol import Method
+from node.api import Client
+from node.config import NodeConfig
+
+log = structlog.get_logger()
+
+GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets a gRPC message exceed max-request-bytes by this much
+
+UNARY_METHODS: dict[str, dict[str, Method]] = {
+    "etcdserverpb.KV": {
+        "Range": Method.RANGE,
+        "Put": Method.PUT,
+        "DeleteRange": Method.DELETE_RANGE,
+        "Txn": Method.TXN,
+        "Compact": Method.COMPACT,
+    },
+    "etcdserverpb.Maintenance": {"Status": Method.STATUS},
+    "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
+}
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+def forward(client: Client, method: Method) -> Handler:
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return await client.call(method, request)
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode[e.code.name], e.message)
+            raise  # unreachable: abort raises
+
+    return handler
+
+
+class GrpcFrontend:
+    name = "grpc"
+
+    def __init__(self, config: NodeConfig, settings: dict) -> None:
+        self.config = config
+        self.addresses = settings.get("listen") or [f"{h}:{p}" for h, p in config.client_addresses()]
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self, client: Client) -> None:
+        limit = self.config.max_request_bytes + GRPC_OVERHEAD_BYTES
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        handlers = []
+        for service, methods in UNARY_METHODS.items():
+            table = {
+                name: grpc.unary_unary_rpc_method_handler(forward(client, method))
+                for name, method in methods.items()
+            }
+            handlers.append(grpc.method_handlers_generic_handler(service, table))
+        server.add_generic_rpc_handlers(handlers)
+        checker = health.aio.HealthServicer()
+        await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+        for address in self.addresses:
+            server.add_insecure_port(address)
+        await server.start()
+        self.server = server
+        log.info("grpc_serving", addresses=self.addresses)
+
+    async def stop(self, grace: float) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
