@@ -73,7 +73,9 @@ class Client:
                 if status == 0:
                     entry[0].set_result(body)
                 else:
-                    entry[0].set_exception(errors.EtcdError(errors.Code(status), body.decode(errors="replace")))
+                    entry[0].set_exception(
+                        errors.EtcdError(errors.Code(status), body.decode(errors="replace"))
+                    )
 
     async def _expire(self) -> None:
         """Fail calls the core never answered (it restarted, or a leader was lost) with etcd's timeout."""

@@ -62,7 +62,9 @@ class NodeConfig:
     def check(self) -> None:
         """Refuse values etcd would refuse, with the key's name in the message."""
         if self.initial_cluster_state not in ("new", "existing"):
-            raise ConfigError(f"initial-cluster-state must be 'new' or 'existing', not {self.initial_cluster_state!r}")
+            raise ConfigError(
+                f"initial-cluster-state must be 'new' or 'existing', not {self.initial_cluster_state!r}"
+            )
         if self.heartbeat_interval <= 0 or self.election_timeout < 5 * self.heartbeat_interval:
             raise ConfigError("election-timeout must be at least 5 times heartbeat-interval (both > 0)")
         for key in ("max_request_bytes", "max_txn_ops"):
@@ -171,8 +173,12 @@ def load_file(path: str) -> NodeConfig:
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
     """The ``cairn`` command line: etcd's flags, ``ETCD_*`` variables, or ``--config-file``."""
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="cairn", description="cairn: an etcd-compatible key-value store node")
-    parser.add_argument("--config-file", help="YAML file with etcd config keys (flags and ETCD_* are then ignored)")
+    parser = argparse.ArgumentParser(
+        prog="cairn", description="cairn: an etcd-compatible key-value store node"
+    )
+    parser.add_argument(
+        "--config-file", help="YAML file with etcd config keys (flags and ETCD_* are then ignored)"
+    )
     for f in fields(NodeConfig):
         if f.name != "plugins":
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None)

@@ -18,6 +18,7 @@ from actors.session import Limits, SessionActor, key_prefix
 from actors.storage.actor import StorageActor, StorageSettings
 from node.config import NodeConfig, split_urls
 from node.logging import setup_logging
+from node.supervisor import EXIT_FATAL
 
 log = structlog.get_logger()
 
@@ -60,7 +61,11 @@ def main() -> None:
     sys.setswitchinterval(0.0005)
     os.makedirs(config.data_dir, exist_ok=True)
     ctx = zmq.Context()
-    loop = build(config, ctx)
+    try:
+        loop = build(config, ctx)
+    except Exception as e:  # data dir unusable or locked by another node, core socket in use
+        log.error("core_start_failed", error=str(e))
+        raise SystemExit(EXIT_FATAL) from e
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
     loop.run()

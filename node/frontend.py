@@ -14,6 +14,7 @@ import signal
 import structlog
 
 from node.api import Client
+from node.supervisor import EXIT_FATAL
 from node.config import NodeConfig
 from node.logging import setup_logging
 from node.plugins import frontends
@@ -25,8 +26,12 @@ async def serve(config: NodeConfig) -> None:
     client = Client(config.core_url)
     await client.start()
     running = frontends(config)
-    for frontend in running:
-        await frontend.start(client)
+    try:
+        for frontend in running:
+            await frontend.start(client)
+    except Exception as e:  # a port in use, a bad plugin setting: restarting will not help
+        log.error("frontend_start_failed", error=str(e))
+        raise SystemExit(EXIT_FATAL) from e
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,8 +12,14 @@ import sys
 import orjson
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR,
-           "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "panic": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
 
 def setup_logging(level: str = "info", process: str = "cairn") -> None:

@@ -18,7 +18,9 @@ def plugin_manager(config: NodeConfig) -> pluggy.PluginManager:
     pm.load_setuptools_entrypoints(PROJECT)
     available = {name for name, _ in pm.list_name_plugin()}
     for name in set(config.plugins) - available:
-        raise ConfigError(f"plugins: no plugin named {name!r} is installed (have: {', '.join(sorted(available))})")
+        raise ConfigError(
+            f"plugins: no plugin named {name!r} is installed (have: {', '.join(sorted(available))})"
+        )
     for name, plugin in list(pm.list_name_plugin()):
         settings = config.plugins.get(name)
         if settings is None or not settings.get("enabled", True):

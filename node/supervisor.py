@@ -25,6 +25,7 @@ log = structlog.get_logger()
 
 PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
+EXIT_FATAL = 3  # a child that exits with this cannot start (port in use, bad config): stop the node
 
 
 def _die_with_parent() -> None:
@@ -70,14 +71,22 @@ class Supervisor:
             signal.signal(sig, self._stop)
         for child in self.children:
             self._start(child)
-        log.info("node_started", name=self.config.name, data_dir=self.config.data_dir,
-                 clients=self.config.listen_client_urls)
+        log.info(
+            "node_started",
+            name=self.config.name,
+            data_dir=self.config.data_dir,
+            clients=self.config.listen_client_urls,
+        )
         while not self.stopping:
             time.sleep(0.1)
             for child in self.children:
                 code = child.process.poll() if child.process else None
                 if code is None or self.stopping:
                     continue
+                if code == EXIT_FATAL:
+                    log.error("child_failed_to_start", module=child.module)
+                    self.shutdown()
+                    return 1
                 if time.monotonic() - child.started > 30:
                     child.restarts = 0
                 delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]

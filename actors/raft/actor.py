@@ -1,0 +1,188 @@
+"""The raft actor: the IO shell around the pure :class:`RaftCore`.
+
+One turn: take every proposal and read that arrived, hand them to the core as one batch, then
+drain the core's Ready: persist its entries and hard state with ONE fsync (group commit: every
+request of the turn shares it), send its messages, pass committed entries to the storage actor in
+log order, release reads whose ReadIndex is safe — after the entries they must observe, on the
+same ordered channel — and advance. Clock ticks come from the loop's timer, never from the core.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+import zmq
+
+from actors import errors
+from actors.loop import Actor
+from actors.mailbox import Mailbox, inbox
+from actors.proto import rpc_pb2
+from actors.protocol import Kind, Method, Record, encode_proposal, unpack
+from actors.raft.core import NotLeader, RaftCore
+from actors.raft.durable import DurableLog
+
+log = structlog.get_logger()
+
+
+@dataclass(slots=True, frozen=True)
+class Member:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class RaftSettings:
+    member_id: int
+    members: tuple[Member, ...]
+    data_dir: str
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    applied: int = 0
+    keep_entries: int = 10000
+
+
+class RaftActor(Actor):
+    name = "raft"
+
+    def __init__(self, ctx: zmq.Context, settings: RaftSettings) -> None:
+        self.settings = settings
+        self.inbox = inbox(ctx, self.name)
+        self.storage = Mailbox(ctx, "storage")
+        self.session = Mailbox(ctx, "session")
+        path = os.path.join(settings.data_dir, "member", "raft")
+        os.makedirs(path, exist_ok=True)
+        self.log = DurableLog(path)
+        self.core = RaftCore(
+            settings.member_id,
+            [m.id for m in settings.members],
+            self.log,
+            random.Random(),
+            election_tick=max(2, settings.election_ms // settings.heartbeat_ms),
+            heartbeat_tick=1,
+            applied=settings.applied,
+        )
+        self.interval = settings.heartbeat_ms / 1000.0
+        self.next_tick = time.monotonic() + self.interval
+        self.reads: dict[bytes, list[Record]] = {}
+        self.read_seq = 0
+        self.durable_applied = settings.applied
+        self.leader_id = 0
+        if len(settings.members) == 1:
+            self.core.campaign()
+        self._drain_ready()
+
+    def sockets(self) -> Sequence[zmq.Socket]:
+        return (self.inbox,)
+
+    def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        proposals: list[Record] = []
+        reads: list[Record] = []
+        for (frame,) in messages:
+            kind, aux, records = unpack(frame)
+            if kind == Kind.PROPOSE:
+                proposals.extend(records)
+            elif kind == Kind.READ:
+                for record in records:
+                    if record[1] == Method.RANGE:
+                        reads.append(record)
+                    else:
+                        self._local_read(record)
+            elif kind == Kind.APPLIED_DURABLE:
+                self._compact(aux)
+        if proposals:
+            self._propose(proposals)
+        if reads:
+            self._read_index(reads)
+        self._drain_ready()
+
+    def _propose(self, proposals: list[Record]) -> None:
+        try:
+            self.core.propose([encode_proposal(key, method, body) for key, method, body in proposals])
+        except NotLeader:
+            self._fail(proposals, errors.NO_LEADER)
+
+    def _read_index(self, reads: list[Record]) -> None:
+        """One ReadIndex request for the whole batch: one heartbeat round serves them all."""
+        self.read_seq += 1
+        context = self.read_seq.to_bytes(8, "big")
+        try:
+            self.core.read_index(context)
+        except NotLeader:
+            self._fail(reads, errors.NO_LEADER)
+            return
+        self.reads[context] = reads
+
+    def _fail(self, records: list[Record], error: errors.EtcdError) -> None:
+        text = error.message.encode()
+        self.session.extend(Kind.RESULT, [(key, error.code, text) for key, _, _ in records])
+
+    def _local_read(self, record: Record) -> None:
+        """Status and member list: raft fills its part, storage fills the header and its own part."""
+        key, method, _ = record
+        core = self.core
+        if method == Method.STATUS:
+            response = rpc_pb2.StatusResponse(
+                leader=core.leader_id, raftIndex=core.last_index, raftTerm=core.term
+            )
+        elif method == Method.MEMBER_LIST:
+            response = rpc_pb2.MemberListResponse(
+                members=[
+                    rpc_pb2.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls)
+                    for m in self.settings.members
+                ]
+            )
+        else:
+            self.session.put(Kind.RESULT, (key, errors.Code.UNIMPLEMENTED, b"unsupported read"))
+            return
+        self.storage.put(Kind.READ, (key, method, response.SerializeToString()))
+
+    def _drain_ready(self) -> None:
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            if rd.hard_state is not None or rd.entries:
+                self.log.save(rd.hard_state, rd.entries)
+            if rd.committed_entries:
+                self.storage.extend(
+                    Kind.COMMITTED, [(e.index, e.type, e.data) for e in rd.committed_entries], aux=rd.term
+                )
+            for state in rd.read_states:
+                reads = self.reads.pop(state.context, None)
+                if reads:
+                    self.storage.extend(Kind.READ, reads)
+            if rd.leader_id != self.leader_id:
+                log.info("raft_leader_changed", leader=f"{rd.leader_id:x}", term=rd.term)
+                self.leader_id = rd.leader_id
+            core.advance(rd)
+
+    def _compact(self, durable_applied: int) -> None:
+        """Drop log entries the storage actor has durably applied, keeping a tail for slow peers."""
+        self.durable_applied = max(self.durable_applied, durable_applied)
+        upto = self.durable_applied - self.settings.keep_entries
+        if upto > self.log.first_index() + self.settings.keep_entries:
+            self.log.compact(upto)
+
+    def deadline(self) -> float | None:
+        return self.next_tick
+
+    def on_time(self, now: float) -> None:
+        self.next_tick = max(self.next_tick + self.interval, now)
+        self.core.tick()
+        self._drain_ready()
+
+    def flush(self) -> None:
+        self.storage.flush()
+        self.session.flush()
+
+    def close(self) -> None:
+        self.inbox.close(linger=0)
+        self.storage.close()
+        self.session.close()
+        self.log.close()

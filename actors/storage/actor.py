@@ -1,0 +1,155 @@
+"""The storage actor: applies committed raft entries to the MVCC store and serves reads.
+
+Entries arrive in log order and are applied deterministically, a whole turn's worth into one
+RocksDB WriteBatch that also records the applied index (exactly-once apply across restarts). The
+batch is written without fsync: the raft log already made the entries durable, and a restart
+replays the log from the stored applied index. Once a second, the WAL is synced and the raft actor
+told which index is now durable here, so it may drop older log entries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+import zmq
+
+from actors import errors
+from actors.loop import Actor
+from actors.mailbox import Mailbox, inbox
+from actors.proto import rpc_pb2
+from actors.protocol import EntryType, Kind, Method, Record, decode_proposal, unpack
+from actors.storage.backend import Backend
+from actors.storage.mvcc import MvccStore
+
+log = structlog.get_logger()
+
+VERSION = "3.4.0"  # the etcd API version cairn speaks; clients read it from Status
+
+
+@dataclass(slots=True, frozen=True)
+class StorageSettings:
+    member_id: int
+    cluster_id: int
+    data_dir: str
+    key_prefix: int  # request keys issued by this member's session actor carry it
+
+
+class StorageActor(Actor):
+    name = "storage"
+
+    def __init__(self, ctx: zmq.Context, settings: StorageSettings) -> None:
+        self.settings = settings
+        path = os.path.join(settings.data_dir, "member", "kv")
+        os.makedirs(path, exist_ok=True)
+        self.backend = Backend(path)
+        self.store = MvccStore(self.backend)
+        self.inbox = inbox(ctx, self.name)
+        self.session = Mailbox(ctx, "session")
+        self.raft = Mailbox(ctx, "raft")
+        self.term = 0
+        self.applied = self.backend.applied_index
+        self.uncommitted = False
+        self.synced = self.applied
+        self.next_sync = time.monotonic() + 1.0
+        log.info("storage_opened", revision=self.store.revision, applied=self.applied)
+
+    @property
+    def applied_index(self) -> int:
+        return self.applied
+
+    def sockets(self) -> Sequence[zmq.Socket]:
+        return (self.inbox,)
+
+    def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        for (frame,) in messages:
+            kind, aux, records = unpack(frame)
+            if kind == Kind.COMMITTED:
+                self.term = aux
+                self._apply(records)
+            elif kind == Kind.READ:
+                self._commit()
+                for record in records:
+                    self._read(record)
+        self._commit()
+
+    def _header(self, response: object) -> None:
+        header = response.header  # type: ignore[attr-defined]
+        header.cluster_id = self.settings.cluster_id
+        header.member_id = self.settings.member_id
+        header.revision = self.store.revision
+        header.raft_term = self.term
+
+    def _apply(self, entries: list[Record]) -> None:
+        mine = self.settings.key_prefix
+        store = self.store
+        results = []
+        for index, entry_type, data in entries:
+            if index <= self.applied:
+                continue  # replayed after a restart: already in the store
+            self.applied = index
+            self.uncommitted = True
+            if entry_type != EntryType.NORMAL:
+                continue
+            key, method, request = decode_proposal(data)
+            try:
+                response = store.apply(Method(method), request)
+            except errors.EtcdError as e:
+                result = (key, e.code, e.message.encode())
+            else:
+                self._header(response)
+                result = (key, 0, response.SerializeToString())
+            if key & 0xFFFF_0000_0000_0000 == mine:
+                results.append(result)
+        self._commit()
+        self.session.extend(Kind.RESULT, results)
+
+    def _commit(self) -> None:
+        if self.uncommitted:
+            self.backend.commit(self.applied)
+            self.uncommitted = False
+
+    def _read(self, record: Record) -> None:
+        key, method, body = record
+        try:
+            if method == Method.RANGE:
+                response = self.store.range(rpc_pb2.RangeRequest.FromString(body))
+            elif method == Method.STATUS:
+                response = rpc_pb2.StatusResponse.FromString(body)
+                response.version = VERSION
+                response.dbSize = response.dbSizeInUse = self.backend.size_bytes()
+                response.raftAppliedIndex = self.applied
+            elif method == Method.MEMBER_LIST:
+                response = rpc_pb2.MemberListResponse.FromString(body)
+            else:
+                raise errors.EtcdError(errors.Code.UNIMPLEMENTED, f"method {method} is not a read")
+        except errors.EtcdError as e:
+            self.session.put(Kind.RESULT, (key, e.code, e.message.encode()))
+            return
+        self._header(response)
+        self.session.put(Kind.RESULT, (key, 0, response.SerializeToString()))
+
+    def deadline(self) -> float | None:
+        return self.next_sync
+
+    def on_time(self, now: float) -> None:
+        """Sync the WAL once a second and tell raft which entries no longer need the log."""
+        self.next_sync = now + 1.0
+        if self.applied > self.synced:
+            self.backend.commit(self.applied, sync=True)  # an empty synced write syncs the whole WAL
+            self.synced = self.applied
+            self.raft.signal(Kind.APPLIED_DURABLE, self.synced)
+
+    def flush(self) -> None:
+        self.session.flush()
+        self.raft.flush()
+
+    def close(self) -> None:
+        self._commit()
+        self.inbox.close(linger=0)
+        self.session.close()
+        self.raft.close()
+        self.backend.close()
