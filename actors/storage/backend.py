@@ -1,0 +1,178 @@
+"""The storage actor's RocksDB (rocksdict, raw mode): column families and one pending write batch.
+
+Applying committed raft entries fills ONE pending ``WriteBatch``; :meth:`Backend.commit` writes it
+together with the applied raft index in one ``db.write``, so after a crash the store holds either
+all of a batch's entries and its index or none of them, and replaying the raft log from the
+stored index applies every entry exactly once.
+
+Rows written since the last commit are not in RocksDB yet, so the ``kv`` rows of the pending
+batch are also kept in a dict: :meth:`Backend.get_kv` reads through it, which lets a write (or a
+range inside a txn) see what earlier entries of the same batch wrote.
+
+rocksdict 0.3.29 has two bugs this module works around (see MEASURED.md, and the regression
+tests in tests/test_mvcc.py): ``ReadOptions.set_iterate_lower_bound`` overwrites the *upper*
+bound, so scans ``seek`` to their start instead; and iterating a ``Snapshot`` ignores the
+snapshot, so nothing here iterates snapshots (revision-keyed rows read under an upper bound
+are a consistent view already).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+KV = "kv"  # revision row key -> serialized mvccpb.KeyValue
+META = "meta"  # applied index, compacted revision, ...
+LEASE = "lease"  # reserved for the lease actor
+AUTH = "auth"  # reserved for the auth actor
+COLUMN_FAMILIES = (KV, META, LEASE, AUTH)
+
+APPLIED_INDEX = b"applied_index"  # meta key: u64 big-endian
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts
+
+
+class Backend:
+    """One RocksDB directory with cairn's column families and a pending write batch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        opts = _options()
+        self._db = Rdict(path, opts, column_families={name: _options() for name in COLUMN_FAMILIES})
+        self._cfs = {name: self._db.get_column_family(name) for name in COLUMN_FAMILIES}
+        self._handles = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+        self._kv = self._cfs[KV]
+        self._kv_handle = self._handles[KV]
+        self._meta_handle = self._handles[META]
+        self._batch = WriteBatch(raw_mode=True)
+        self._pending: dict[bytes, bytes | None] = {}  # kv rows of the batch; None = deleted
+        self._pending_meta: dict[bytes, bytes | None] = {}
+        self._write_opts = WriteOptions()
+        self._sync_opts = WriteOptions()
+        self._sync_opts.sync = True
+        raw = self._cfs[META].get(APPLIED_INDEX)
+        self._applied_index = int.from_bytes(raw, "big") if raw is not None else 0
+
+    # -- kv rows -------------------------------------------------------------------------------
+
+    def put_kv(self, rev: bytes, value: bytes) -> None:
+        """Add a kv row to the pending batch."""
+        self._batch.put(rev, value, self._kv_handle)
+        self._pending[rev] = value
+
+    def delete_kv(self, rev: bytes) -> None:
+        """Delete a kv row in the pending batch."""
+        self._batch.delete(rev, self._kv_handle)
+        self._pending[rev] = None
+
+    def get_kv(self, revs: list[bytes]) -> list[bytes | None]:
+        """The rows at ``revs`` (None where absent), pending ones included: one multi-get."""
+        pending = self._pending
+        if not pending:
+            return self._kv[revs] if revs else []
+        missing = [rev for rev in revs if rev not in pending]
+        stored = iter(self._kv[missing]) if missing else iter(())
+        return [pending[rev] if rev in pending else next(stored) for rev in revs]
+
+    def scan_kv(self, start: bytes = b"", end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Committed kv rows with ``start <= key < end`` in key (= revision) order.
+
+        Seeks to ``start`` rather than setting a lower bound (rocksdict's lower-bound bug).
+        """
+        ro = ReadOptions()
+        if end is not None:
+            ro.set_iterate_upper_bound(end)
+        it = self._kv.iter(ro)
+        it.seek(start)
+        while it.valid():
+            yield it.key(), it.value()
+            it.next()
+        del it
+
+    # -- other column families -----------------------------------------------------------------
+
+    def put(self, cf: str, key: bytes, value: bytes) -> None:
+        """Add a row of column family ``cf`` to the pending batch."""
+        self._batch.put(key, value, self._handles[cf])
+        if cf == META:
+            self._pending_meta[key] = value
+
+    def delete(self, cf: str, key: bytes) -> None:
+        """Delete a row of column family ``cf`` in the pending batch."""
+        self._batch.delete(key, self._handles[cf])
+        if cf == META:
+            self._pending_meta[key] = None
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        """A row of ``cf``: committed data, plus the pending batch for ``meta`` (other CFs' owners
+        keep their own tables in memory)."""
+        if cf == META and key in self._pending_meta:
+            return self._pending_meta[key]
+        return self._cfs[cf].get(key)
+
+    # -- batch -------------------------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        """The raft index of the last committed batch (0 on a new store)."""
+        return self._applied_index
+
+    @property
+    def pending(self) -> int:
+        """Operations waiting in the pending batch."""
+        return len(self._batch)
+
+    def commit(self, applied_index: int, sync: bool = False) -> None:
+        """Write the pending batch and ``applied_index`` atomically, then start a new batch.
+
+        ``sync`` fsyncs the WAL (power-loss durability); without it a process crash still keeps
+        every committed batch whole. A failed write leaves memory ahead of disk: the caller must
+        stop (and replay from the stored index on restart).
+        """
+        batch = self._batch
+        batch.put(APPLIED_INDEX, applied_index.to_bytes(8, "big"), self._meta_handle)
+        self._db.write(batch, self._sync_opts if sync else self._write_opts)
+        self._batch = WriteBatch(raw_mode=True)  # a written batch is consumed
+        self._pending.clear()
+        self._pending_meta.clear()
+        self._applied_index = applied_index
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """Bytes the data takes (SST files + memtables of every CF): Status.dbSize."""
+        total = 0
+        for cf in self._cfs.values():
+            total += cf.property_int_value("rocksdb.total-sst-files-size") or 0
+            total += cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        return total
+
+    def defragment(self) -> None:
+        """Flush and fully compact every CF so deleted rows free their space (etcd's Defragment)."""
+        from rocksdict import BottommostLevelCompaction, CompactOptions
+
+        self._db.flush(True)
+        opts = CompactOptions()
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        for cf in self._cfs.values():
+            cf.compact_range(None, None, opts)
+
+    def close(self) -> None:
+        """Close the DB; the pending batch is dropped. RocksDB keeps its LOCK while any CF handle
+        lives, so they are released (and collected) first."""
+        if self._db is None:
+            return
+        self._cfs.clear()
+        self._handles.clear()
+        self._kv = self._kv_handle = self._meta_handle = None
+        self._batch = None
+        gc.collect()
+        self._db.close()
+        self._db = None

@@ -1,0 +1,467 @@
+"""etcd's MVCC key-value model (mvcc/ and etcdserver/apply.go of etcd 3.4) over a :class:`Backend`.
+
+Every write transaction that changes something takes the next store revision; each change in
+it gets a sub revision. A row of the ``kv`` column family is keyed by that revision (see
+:mod:`actors.storage.keyindex`) and holds the serialized ``mvccpb.KeyValue``, exactly as etcd
+stores it in bolt; deletions are tombstone rows. The in-memory :class:`KeyIndex`, rebuilt from
+those rows on open, maps keys to revisions, so a range is an index walk plus one multi-get.
+
+Responses copy etcd byte for byte where a client can see it: which revision each header of a
+txn's sub-responses carries, ``count`` versus ``more`` under a limit, sort order, prev_kv.
+Applying is deterministic and a refused request leaves no trace: every check runs before the
+first write, and the one failure etcd's checks cannot foresee (inside a txn) is rolled back.
+Writes go into the backend's pending batch, which the caller commits once per batch of entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import attrgetter
+
+from google.protobuf.message import Message
+
+from actors import errors
+from actors.errors import Code, EtcdError
+from actors.proto import kv_pb2, rpc_pb2
+from actors.protocol import Method
+from actors.storage.backend import META, Backend
+from actors.storage.keyindex import REVISION_SIZE, KeyIndex, main_revision
+from actors.storage.validate import decode
+
+KeyValue = kv_pb2.KeyValue
+RangeRequest = rpc_pb2.RangeRequest
+RangeResponse = rpc_pb2.RangeResponse
+Compare = rpc_pb2.Compare
+
+COMPACT_REVISION = b"compact_revision"  # meta key: i64 big-endian
+
+EVENT_PUT = kv_pb2.Event.PUT
+EVENT_DELETE = kv_pb2.Event.DELETE
+
+_SORT_KEYS = {
+    RangeRequest.KEY: attrgetter("key"),
+    RangeRequest.VERSION: attrgetter("version"),
+    RangeRequest.CREATE: attrgetter("create_revision"),
+    RangeRequest.MOD: attrgetter("mod_revision"),
+    RangeRequest.VALUE: attrgetter("value"),
+}
+_EMPTY_KV = KeyValue()
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _embed(tag: bytes, rows: list[bytes]) -> list[bytes]:
+    """Wire bytes of a repeated KeyValue field holding the serialized ``rows``."""
+    parts = []
+    for row in rows:
+        parts += (tag, _varint(len(row)), row)
+    return parts
+
+
+class MvccStore:
+    """The key-value state machine: applies KV writes, serves ranges at any kept revision."""
+
+    def __init__(self, backend: Backend, lease_exists: Callable[[int], bool] = lambda lease: False) -> None:
+        self._backend = backend
+        self._lease_exists = lease_exists
+        self._index = KeyIndex()
+        self.revision = 1
+        """The store revision: that of the last write that changed something (1 when empty)."""
+        self.compact_revision = -1
+        """Revision of the last compaction (-1 before any, as in etcd); reads below it are refused."""
+        self._changes = 0  # changes made so far by the write in progress = the next sub revision
+        # While a txn applies: (key, create_revision, version) before each of its changes
+        self._undo: list[tuple[bytes, int, int]] | None = None
+        self.events: list[tuple[int, bytes]] | None = None
+        """Set to a list to collect ``(Event.EventType, serialized KeyValue as watch sends it)``
+        for every change applied; the watch hub drains it."""
+        self._handlers: dict[int, Callable[[Message], Message]] = {
+            Method.RANGE: self.range,
+            Method.PUT: self.put,
+            Method.DELETE_RANGE: self.delete_range,
+            Method.TXN: self.txn,
+            Method.COMPACT: self.compact,
+        }
+        self._restore()
+
+    def _restore(self) -> None:
+        """Rebuild the index from the committed rows (revision order) and the meta values."""
+        raw = self._backend.get(META, COMPACT_REVISION)
+        if raw is not None:
+            self.compact_revision = int.from_bytes(raw, "big", signed=True)
+        index = self._index
+        last = b""
+        parse = KeyValue.FromString
+        for row, value in self._backend.scan_kv():
+            kv = parse(value)
+            if len(row) == REVISION_SIZE:
+                index.restore(kv.key, row, kv.create_revision, kv.version)
+            else:
+                index.restore_tombstone(kv.key, row)
+            last = row
+        self.revision = max(main_revision(last) if last else 1, self.compact_revision, 1)
+
+    # -- entry points ----------------------------------------------------------------------------
+
+    def apply(self, method: int, request: bytes) -> Message:
+        """Apply one committed KV request (its serialized etcd message); return etcd's response.
+
+        Raises the :class:`EtcdError` etcd would answer; the store is then unchanged.
+        """
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise EtcdError(Code.UNIMPLEMENTED, f"cairn: method {method} is not a KV request")
+        return handler(decode(method, request))
+
+    def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        """Serve a Range at the current revision (header.revision set; the caller adds the rest)."""
+        resp = RangeResponse()
+        self._range(req, self.revision, resp)
+        return resp
+
+    def put(self, req: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
+        """Apply a Put."""
+        if req.lease and not self._lease_exists(req.lease):
+            raise errors.LEASE_NOT_FOUND
+        resp = rpc_pb2.PutResponse()
+        self._put(req, resp)
+        self._end_write()
+        return resp
+
+    def delete_range(self, req: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
+        """Apply a DeleteRange (deleting nothing does not take a revision)."""
+        resp = rpc_pb2.DeleteRangeResponse()
+        self._delete_range(req, resp)
+        self._end_write()
+        return resp
+
+    def txn(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        """Apply a Txn: one revision for all its writes, if it writes anything.
+
+        Every compare, nested ones included, is evaluated first against the state before the
+        txn (etcd's compareToPath); the ranges it runs then see its own earlier writes.
+        Read-only txns (see :func:`is_txn_readonly`) may be served here outside the raft log.
+        """
+        path = self._path(req)
+        if not is_txn_readonly(req):
+            self._check_puts(req, path)
+        self._check_ranges(req, path)
+        resp = rpc_pb2.TxnResponse()
+        # etcd checks its puts against the state *before* the txn, so a put with ignore_value
+        # of a key that an earlier op of the same txn deleted passes the checks and then fails
+        # (etcd 3.4 panics there, on every member). cairn undoes the txn and refuses it instead.
+        self._undo = []
+        events = len(self.events) if self.events is not None else 0
+        try:
+            self._txn(req, path, resp)
+        except EtcdError:
+            self._rollback(events)
+            raise
+        finally:
+            self._undo = None
+        resp.header.revision = self.revision + 1 if self._changes else self.revision
+        self._end_write()
+        return resp
+
+    def compact(self, req: rpc_pb2.CompactionRequest) -> rpc_pb2.CompactionResponse:
+        """Drop history before ``req.revision``: from the index and, in the pending batch, from disk."""
+        rev = req.revision
+        if rev <= self.compact_revision:
+            raise errors.COMPACTED
+        if rev > self.revision:
+            raise errors.FUTURE_REV
+        delete = self._backend.delete_kv
+        for row in self._index.compact(rev):
+            delete(row)
+        self._backend.put(META, COMPACT_REVISION, rev.to_bytes(8, "big", signed=True))
+        self.compact_revision = rev
+        resp = rpc_pb2.CompactionResponse()
+        resp.header.revision = self.revision
+        return resp
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _range(self, req: rpc_pb2.RangeRequest, cur: int, resp: rpc_pb2.RangeResponse) -> None:
+        """Fill ``resp`` for ``req`` as seen at revision ``cur`` (etcd's applierV3backend.Range)."""
+        rev = req.revision
+        if rev > cur:
+            raise errors.FUTURE_REV
+        if rev <= 0:
+            rev = cur
+        if rev < self.compact_revision:
+            raise errors.COMPACTED
+        revs = self._index.revisions(req.key, req.range_end, rev)
+        count = len(revs)
+        rows: list[bytes] = []
+        more = False
+        if count and not req.count_only:
+            order, target, limit = req.sort_order, req.sort_target, req.limit
+            if order == RangeRequest.NONE and target != RangeRequest.KEY:
+                order = RangeRequest.ASCEND  # etcd sorts ascending by default on other targets
+            filtered = req.min_mod_revision or req.max_mod_revision
+            filtered = filtered or req.min_create_revision or req.max_create_revision
+            if target == RangeRequest.KEY and not filtered:
+                # rows come in key order already and keys are unique: no need to parse them
+                if order == RangeRequest.DESCEND:
+                    revs.reverse()
+                if 0 < limit < count:
+                    del revs[limit:]
+                    more = True
+                rows = self._rows(revs)
+            else:
+                if req.sort_order == RangeRequest.NONE and not filtered and limit > 0:
+                    # etcd's quirk: it tests the *requested* order, so an unsorted-by-request range
+                    # on another target sorts only the first limit+1 keys (key order), then cuts
+                    del revs[limit + 1 :]
+                kvs = [(KeyValue.FromString(row), row) for row in self._rows(revs)]
+                if filtered:
+                    kvs = [pair for pair in kvs if _passes(req, pair[0])]
+                sort_key = _SORT_KEYS.get(target)
+                if order != RangeRequest.NONE and sort_key is not None:
+                    # stable, as Go's sort.Sort is on up to 12 rows (insertion sort); on more rows
+                    # etcd's pdqsort may order equal sort keys differently
+                    kvs.sort(key=lambda pair: sort_key(pair[0]), reverse=order == RangeRequest.DESCEND)
+                if 0 < limit < len(kvs):
+                    del kvs[limit:]
+                    more = True
+                rows = [row for _, row in kvs]
+        parts = _embed(b"\x12", rows)
+        if more:
+            parts.append(b"\x18\x01")
+        if count:
+            parts.append(b"\x20" + _varint(count))
+        resp.MergeFromString(b"".join(parts))
+        if req.keys_only:
+            for kv in resp.kvs:
+                kv.value = b""
+        resp.header.revision = cur
+
+    def _rows(self, revs: list[bytes]) -> list[bytes]:
+        rows = self._backend.get_kv(revs)
+        if None in rows:
+            raise RuntimeError("cairn: kv index points at a revision with no row (corrupt store)")
+        return rows
+
+    def _current(self, key: bytes, range_end: bytes) -> list[KeyValue]:
+        """The live KeyValues of a range at the current revision."""
+        revs = self._index.revisions(key, range_end, self.revision)
+        return [KeyValue.FromString(row) for row in self._rows(revs)] if revs else []
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def _end_write(self) -> None:
+        if self._changes:
+            self.revision += 1
+            self._changes = 0
+
+    def _rollback(self, events: int) -> None:
+        """Forget every change of the txn in progress (index, pending rows, events)."""
+        for key, created, version in reversed(self._undo):
+            self._backend.delete_kv(self._index.revert(key, created, version))
+        self._changes = 0
+        if self.events is not None:
+            del self.events[events:]
+
+    def _put(self, req: rpc_pb2.PutRequest, resp: rpc_pb2.PutResponse) -> None:
+        """The body of a put (lease existence already checked); raises before writing anything."""
+        key, value, lease = req.key, req.value, req.lease
+        ignore_value, ignore_lease = req.ignore_value, req.ignore_lease
+        if ignore_value or ignore_lease or req.prev_kv:
+            latest = self._index.latest(key)
+            if latest is None:
+                if ignore_value or ignore_lease:
+                    raise errors.KEY_NOT_FOUND
+            else:
+                row = self._rows([latest[0]])[0]
+                if req.prev_kv:
+                    resp.prev_kv.ParseFromString(row)
+                if ignore_value or ignore_lease:
+                    prev = KeyValue.FromString(row)
+                    if ignore_value:
+                        value = prev.value
+                    if ignore_lease:
+                        lease = prev.lease
+        main = self.revision + 1
+        rev = ((main << 64) | self._changes).to_bytes(REVISION_SIZE, "big")
+        created, version = self._index.put(key, rev)
+        if self._undo is not None:
+            self._undo.append((key, created, version - 1) if version > 1 else (key, 0, 0))
+        row = KeyValue(
+            key=key, create_revision=created, mod_revision=main, version=version, value=value, lease=lease
+        ).SerializeToString()
+        self._backend.put_kv(rev, row)
+        self._changes += 1
+        if self.events is not None:
+            self.events.append((EVENT_PUT, row))
+        resp.header.revision = main
+
+    def _delete_range(self, req: rpc_pb2.DeleteRangeRequest, resp: rpc_pb2.DeleteRangeResponse) -> None:
+        at = self.revision + 1 if self._changes else self.revision
+        live = self._index.range(req.key, req.range_end, at)
+        if live:
+            parts = [b"\x10" + _varint(len(live))]
+            if req.prev_kv:
+                parts += _embed(b"\x1a", self._rows([rev for _, rev in live]))
+            resp.MergeFromString(b"".join(parts))
+            main = self.revision + 1
+            index, put_kv, events = self._index, self._backend.put_kv, self.events
+            undo = self._undo
+            for key, _ in live:
+                if undo is not None:
+                    _, created, version = index.latest(key)
+                    undo.append((key, created, version))
+                tomb = index.tombstone(key, ((main << 64) | self._changes).to_bytes(REVISION_SIZE, "big"))
+                put_kv(tomb, KeyValue(key=key).SerializeToString())
+                self._changes += 1
+                if events is not None:
+                    events.append((EVENT_DELETE, KeyValue(key=key, mod_revision=main).SerializeToString()))
+        resp.header.revision = self.revision + 1 if self._changes else self.revision
+
+    # -- txn -------------------------------------------------------------------------------------
+
+    def _path(self, req: rpc_pb2.TxnRequest) -> tuple[bool, list]:
+        """Which branch each (nested) txn takes: ``(succeeded, [paths of the branch's nested txns])``."""
+        ok = all(self._compare(cmp) for cmp in req.compare)
+        ops = req.success if ok else req.failure
+        return ok, [self._path(op.request_txn) for op in ops if op.WhichOneof("request") == "request_txn"]
+
+    def _compare(self, cmp: rpc_pb2.Compare) -> bool:
+        target = cmp.target
+        if not cmp.range_end and target in (Compare.VERSION, Compare.CREATE, Compare.MOD):
+            latest = self._index.latest(cmp.key)  # answered by the index, no row read
+            if latest is None:
+                have = 0
+            elif target == Compare.VERSION:
+                have = latest[2]
+            elif target == Compare.CREATE:
+                have = latest[1]
+            else:
+                have = main_revision(latest[0])
+            want = (
+                cmp.version
+                if target == Compare.VERSION
+                else cmp.create_revision
+                if target == Compare.CREATE
+                else cmp.mod_revision
+            )
+            return _holds(cmp.result, (have > want) - (have < want))
+        kvs = self._current(cmp.key, cmp.range_end)
+        if not kvs:
+            if target == Compare.VALUE:
+                return False  # a missing key has no value, not even b""
+            kvs = [_EMPTY_KV]
+        return all(_compare_kv(cmp, kv) for kv in kvs)
+
+    def _branch(self, req: rpc_pb2.TxnRequest, path: tuple[bool, list]):
+        """``(op, nested path or None)`` for every op of the branch ``path`` chose, recursively."""
+        ok, nested = path
+        nested_paths = iter(nested)
+        for op in req.success if ok else req.failure:
+            if op.WhichOneof("request") == "request_txn":
+                sub = next(nested_paths)
+                yield op, sub
+                yield from self._branch(op.request_txn, sub)
+            else:
+                yield op, None
+
+    def _check_puts(self, req: rpc_pb2.TxnRequest, path: tuple[bool, list]) -> None:
+        for op, _ in self._branch(req, path):
+            if op.WhichOneof("request") != "request_put":
+                continue
+            put = op.request_put
+            if (put.ignore_value or put.ignore_lease) and self._index.latest(put.key) is None:
+                raise errors.KEY_NOT_FOUND
+            if put.lease and not self._lease_exists(put.lease):
+                raise errors.LEASE_NOT_FOUND
+
+    def _check_ranges(self, req: rpc_pb2.TxnRequest, path: tuple[bool, list]) -> None:
+        for op, _ in self._branch(req, path):
+            if op.WhichOneof("request") != "request_range":
+                continue
+            rev = op.request_range.revision
+            # etcd's checkRequestRange, quirk included: a negative revision is "compacted"
+            if rev == 0:
+                continue
+            if rev > self.revision:
+                raise errors.FUTURE_REV
+            if rev < self.compact_revision:
+                raise errors.COMPACTED
+
+    def _txn(self, req: rpc_pb2.TxnRequest, path: tuple[bool, list], resp: rpc_pb2.TxnResponse) -> None:
+        ok, nested = path
+        resp.succeeded = ok
+        nested_paths = iter(nested)
+        add = resp.responses.add
+        for op in req.success if ok else req.failure:
+            kind = op.WhichOneof("request")
+            out = add()
+            if kind == "request_range":
+                cur = self.revision + 1 if self._changes else self.revision
+                self._range(op.request_range, cur, out.response_range)
+            elif kind == "request_put":
+                self._put(op.request_put, out.response_put)
+            elif kind == "request_delete_range":
+                self._delete_range(op.request_delete_range, out.response_delete_range)
+            elif kind == "request_txn":
+                sub = out.response_txn
+                sub.header.SetInParent()  # nested txns answer an empty header, as etcd does
+                self._txn(op.request_txn, next(nested_paths), sub)
+            # an empty RequestOp (refused by validation) answers an empty ResponseOp
+
+
+def is_txn_readonly(req: rpc_pb2.TxnRequest) -> bool:
+    """etcd's isTxnReadonly: only ranges in both branches (a nested txn counts as a write)."""
+    return all(op.WhichOneof("request") == "request_range" for op in req.success) and all(
+        op.WhichOneof("request") == "request_range" for op in req.failure
+    )
+
+
+def _passes(req: rpc_pb2.RangeRequest, kv: KeyValue) -> bool:
+    """The min/max mod/create revision filters of a range (0 = no bound)."""
+    if req.max_mod_revision and kv.mod_revision > req.max_mod_revision:
+        return False
+    if req.min_mod_revision and kv.mod_revision < req.min_mod_revision:
+        return False
+    if req.max_create_revision and kv.create_revision > req.max_create_revision:
+        return False
+    return not (req.min_create_revision and kv.create_revision < req.min_create_revision)
+
+
+def _compare_kv(cmp: rpc_pb2.Compare, kv: KeyValue) -> bool:
+    target = cmp.target
+    if target == Compare.VALUE:
+        have, want = kv.value, cmp.value
+    elif target == Compare.VERSION:
+        have, want = kv.version, cmp.version
+    elif target == Compare.CREATE:
+        have, want = kv.create_revision, cmp.create_revision
+    elif target == Compare.MOD:
+        have, want = kv.mod_revision, cmp.mod_revision
+    elif target == Compare.LEASE:
+        have, want = kv.lease, cmp.lease
+    else:
+        have = want = 0
+    return _holds(cmp.result, (have > want) - (have < want))
+
+
+def _holds(result: int, sign: int) -> bool:
+    if result == Compare.EQUAL:
+        return sign == 0
+    if result == Compare.NOT_EQUAL:
+        return sign != 0
+    if result == Compare.GREATER:
+        return sign > 0
+    if result == Compare.LESS:
+        return sign < 0
+    return True
