@@ -48,11 +48,19 @@ class Method(IntEnum):
     DELETE_RANGE = 3
     TXN = 4
     COMPACT = 5
+    LEASE_GRANT = 6
+    LEASE_REVOKE = 7
+    LEASE_CHECKPOINT = 8  # a raft entry only (the leader's lease actor proposes it), never from clients
+    LEASE_KEEPALIVE = 9
+    LEASE_TIME_TO_LIVE = 10
+    LEASE_LEASES = 11
     STATUS = 20
     MEMBER_LIST = 21
 
 
-WRITES = frozenset({Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT})
+WRITES = frozenset(
+    {Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT, Method.LEASE_GRANT, Method.LEASE_REVOKE}
+)
 
 
 class EntryType(IntEnum):
