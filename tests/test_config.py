@@ -31,7 +31,11 @@ def test_config_file_wins_and_ignores_flags(tmp_path: Path) -> None:
         "enable-v2: false\n"  # an etcd key cairn does not use yet is accepted and ignored
     )
     config = parse_args(["--config-file", str(path), "--name", "ignored"], environ={"ETCD_NAME": "ignored"})
-    assert (config.name, config.data_dir, config.client_addresses()) == ("n1", "/tmp/x", [("127.0.0.1", 23790)])
+    assert (config.name, config.data_dir, config.client_addresses()) == (
+        "n1",
+        "/tmp/x",
+        [("127.0.0.1", 23790)],
+    )
 
 
 def test_member_ids_depend_on_urls_and_token() -> None:

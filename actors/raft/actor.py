@@ -28,6 +28,8 @@ from actors.raft.durable import DurableLog
 
 log = structlog.get_logger()
 
+LOCAL_READS = frozenset({Method.STATUS, Method.MEMBER_LIST})  # answered from this member's own state
+
 
 @dataclass(slots=True, frozen=True)
 class Member:
@@ -56,6 +58,7 @@ class RaftActor(Actor):
         self.inbox = inbox(ctx, self.name)
         self.storage = Mailbox(ctx, "storage")
         self.session = Mailbox(ctx, "session")
+        self.lease = Mailbox(ctx, "lease")
         path = os.path.join(settings.data_dir, "member", "raft")
         os.makedirs(path, exist_ok=True)
         self.log = DurableLog(path)
@@ -90,10 +93,10 @@ class RaftActor(Actor):
                 proposals.extend(records)
             elif kind == Kind.READ:
                 for record in records:
-                    if record[1] == Method.RANGE:
-                        reads.append(record)
-                    else:
+                    if record[1] in LOCAL_READS:
                         self._local_read(record)
+                    else:
+                        reads.append(record)
             elif kind == Kind.APPLIED_DURABLE:
                 self._compact(aux)
         if proposals:
@@ -148,7 +151,7 @@ class RaftActor(Actor):
         while core.has_ready():
             rd = core.ready()
             if rd.hard_state is not None or rd.entries:
-                self.log.save(rd.hard_state, rd.entries)
+                self.log.save(rd.hard_state, rd.entries, sync=rd.must_sync)
             if rd.committed_entries:
                 self.storage.extend(
                     Kind.COMMITTED, [(e.index, e.type, e.data) for e in rd.committed_entries], aux=rd.term
@@ -159,7 +162,11 @@ class RaftActor(Actor):
                     self.storage.extend(Kind.READ, reads)
             if rd.leader_id != self.leader_id:
                 log.info("raft_leader_changed", leader=f"{rd.leader_id:x}", term=rd.term)
+                was_leader = self.leader_id == self.settings.member_id
                 self.leader_id = rd.leader_id
+                is_leader = rd.leader_id == self.settings.member_id
+                if is_leader != was_leader:
+                    self.lease.signal(Kind.LEADERSHIP, int(is_leader))
             core.advance(rd)
 
     def _compact(self, durable_applied: int) -> None:
@@ -180,9 +187,10 @@ class RaftActor(Actor):
     def flush(self) -> None:
         self.storage.flush()
         self.session.flush()
+        self.lease.flush()
 
     def close(self) -> None:
         self.inbox.close(linger=0)
-        self.storage.close()
-        self.session.close()
+        for mailbox in (self.storage, self.session, self.lease):
+            mailbox.close()
         self.log.close()
