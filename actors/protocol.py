@@ -38,6 +38,8 @@ class Kind(IntEnum):
     READ = 4  # session -> raft (linearizable) or -> storage (serializable, or after a ReadIndex)
     COMMITTED = 5  # raft -> storage: (raft index, EntryType, entry data); aux = raft term
     APPLIED_DURABLE = 6  # storage -> raft, no records: aux = highest index whose effects are fsynced
+    LEADERSHIP = 7  # raft -> lease, no records: aux = 1 when this member became leader, 0 when it stopped
+    LEASE_EVENTS = 8  # storage -> lease: (lease id, LeaseEvent, LEASE_EVENT body)
 
 
 class Method(IntEnum):
@@ -61,6 +63,16 @@ class Method(IntEnum):
 WRITES = frozenset(
     {Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT, Method.LEASE_GRANT, Method.LEASE_REVOKE}
 )
+
+
+class LeaseEvent(IntEnum):
+    """What happened to a lease in the replicated state (the lease actor mirrors it)."""
+
+    GRANTED = 1  # body: LEASE_EVENT (ttl, remaining ttl checkpointed or 0)
+    REVOKED = 2  # body empty
+
+
+LEASE_EVENT = struct.Struct("<qq")
 
 
 class EntryType(IntEnum):

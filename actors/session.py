@@ -25,7 +25,7 @@ from actors.storage.validate import validate
 
 log = structlog.get_logger()
 
-KNOWN_METHODS = frozenset(int(m) for m in Method)
+CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT}
 
 
 @dataclass(slots=True, frozen=True)
@@ -53,6 +53,7 @@ class SessionActor(Actor):
         self.inbox = inbox(ctx, self.name)
         self.raft = Mailbox(ctx, "raft")
         self.storage = Mailbox(ctx, "storage")
+        self.lease = Mailbox(ctx, "lease")
         self.limits = limits
         self.prefix = key_prefix(member_id)
         self.counter = 0
@@ -96,7 +97,7 @@ class SessionActor(Actor):
         self._reply(identity, (rid, error.code, error.message.encode()))
 
     def _request(self, identity: bytes, rid: int, method: int, body: bytes, deadline: float) -> None:
-        if method not in KNOWN_METHODS:
+        if method not in CLIENT_METHODS:
             self._fail(identity, rid, errors.EtcdError(errors.Code.UNIMPLEMENTED, f"unknown method {method}"))
             return
         if len(body) > self.limits.max_request_bytes:
@@ -107,15 +108,33 @@ class SessionActor(Actor):
         except errors.EtcdError as e:
             self._fail(identity, rid, e)
             return
-        self.counter += 1
-        key = self.prefix | self.counter
+        key = self._next_key()
         self.waiting[key] = (identity, rid, deadline)
         if method in WRITES:
+            if method == Method.LEASE_GRANT:
+                body = self._with_lease_id(body)
             self.raft.put(Kind.PROPOSE, (key, method, body))
+        elif method == Method.LEASE_KEEPALIVE:
+            self.lease.put(Kind.READ, (key, method, body))
         elif method == Method.RANGE and rpc_pb2.RangeRequest.FromString(body).serializable:
             self.storage.put(Kind.READ, (key, method, body))
         else:
             self.raft.put(Kind.READ, (key, method, body))
+
+    def _next_key(self) -> int:
+        self.counter += 1
+        return self.prefix | self.counter
+
+    def _with_lease_id(self, body: bytes) -> bytes:
+        """A grant without an ID gets one here, before proposing, so every member applies the same."""
+        request = rpc_pb2.LeaseGrantRequest.FromString(body)
+        if request.ID:
+            return body
+        # a positive int64 like etcd's ids: the member prefix without the sign bit, then time and a counter
+        high = self.prefix & (0x7FFF << 48)
+        low = ((int(time.time() * 1000) << 8) | (self.counter & 0xFF)) & ((1 << 48) - 1)
+        request.ID = high | low
+        return request.SerializeToString()
 
     def _answer(self, key: int, status: int, body: bytes) -> None:
         waiting = self.waiting.pop(key, None)
@@ -136,6 +155,7 @@ class SessionActor(Actor):
     def flush(self) -> None:
         self.raft.flush()
         self.storage.flush()
+        self.lease.flush()
         if self.replies:
             replies, self.replies = self.replies, {}
             for identity, records in replies.items():
@@ -144,5 +164,5 @@ class SessionActor(Actor):
     def close(self) -> None:
         for sock in (self.front, self.inbox):
             sock.close(linger=0)
-        self.raft.close()
-        self.storage.close()
+        for mailbox in (self.raft, self.storage, self.lease):
+            mailbox.close()

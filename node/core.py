@@ -12,6 +12,7 @@ import sys
 import structlog
 import zmq
 
+from actors.lease.actor import LeaseActor, LeaseSettings
 from actors.loop import Loop
 from actors.raft.actor import Member, RaftActor, RaftSettings
 from actors.session import Limits, SessionActor, key_prefix
@@ -34,10 +35,19 @@ def members(config: NodeConfig) -> tuple[Member, ...]:
 
 def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
     """Wire the actors of one member; storage opens first so raft knows what is already applied."""
+    prefix = key_prefix(config.member_id)
     storage = StorageActor(
         ctx,
-        StorageSettings(config.member_id, config.cluster_id, config.data_dir, key_prefix(config.member_id)),
+        StorageSettings(
+            config.member_id,
+            config.cluster_id,
+            config.data_dir,
+            prefix,
+            heartbeat_ms=config.heartbeat_interval,
+            election_ms=config.election_timeout,
+        ),
     )
+    lease = LeaseActor(ctx, LeaseSettings(prefix, election_ms=config.election_timeout))
     raft = RaftActor(
         ctx,
         RaftSettings(
@@ -52,7 +62,7 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
     limits = Limits(config.max_request_bytes, config.max_txn_ops)
     session = SessionActor(ctx, config.core_url, config.member_id, limits)
     log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")
-    return Loop([session, raft, storage])
+    return Loop([session, raft, storage, lease])
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ import signal
 import structlog
 
 from node.api import Client
-from node.supervisor import EXIT_FATAL
 from node.config import NodeConfig
 from node.logging import setup_logging
 from node.plugins import frontends
+from node.supervisor import EXIT_FATAL
 
 log = structlog.get_logger()
 

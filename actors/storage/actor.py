@@ -18,10 +18,11 @@ import structlog
 import zmq
 
 from actors import errors
+from actors.lease.table import LeaseTable, min_lease_ttl
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
-from actors.protocol import EntryType, Kind, Method, Record, decode_proposal, unpack
+from actors.protocol import LEASE_EVENT, EntryType, Kind, LeaseEvent, Method, Record, decode_proposal, unpack
 from actors.storage.backend import Backend
 from actors.storage.mvcc import MvccStore
 
@@ -36,6 +37,8 @@ class StorageSettings:
     cluster_id: int
     data_dir: str
     key_prefix: int  # request keys issued by this member's session actor carry it
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
 
 
 class StorageActor(Actor):
@@ -46,10 +49,13 @@ class StorageActor(Actor):
         path = os.path.join(settings.data_dir, "member", "kv")
         os.makedirs(path, exist_ok=True)
         self.backend = Backend(path)
-        self.store = MvccStore(self.backend)
+        leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
+        self.store = MvccStore(self.backend, leases)
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
+        self.lease = Mailbox(ctx, "lease")
+        self._send_lease_events(self.store.lease_snapshot())  # the lease actor starts from this
         self.term = 0
         self.applied = self.backend.applied_index
         self.uncommitted = False
@@ -106,6 +112,19 @@ class StorageActor(Actor):
                 results.append(result)
         self._commit()
         self.session.extend(Kind.RESULT, results)
+        if self.store.lease_events:
+            self._send_lease_events(self.store.lease_events)
+            self.store.lease_events.clear()
+
+    def _send_lease_events(self, events: list[tuple]) -> None:
+        records = []
+        for event in events:
+            if event[0] == "grant":
+                _, lease_id, ttl, remaining = event
+                records.append((lease_id, LeaseEvent.GRANTED, LEASE_EVENT.pack(ttl, remaining)))
+            else:
+                records.append((event[1], LeaseEvent.REVOKED, b""))
+        self.lease.extend(Kind.LEASE_EVENTS, records)
 
     def _commit(self) -> None:
         if self.uncommitted:
@@ -114,9 +133,18 @@ class StorageActor(Actor):
 
     def _read(self, record: Record) -> None:
         key, method, body = record
+        answer = self.session
         try:
             if method == Method.RANGE:
                 response = self.store.range(rpc_pb2.RangeRequest.FromString(body))
+            elif method == Method.LEASE_TIME_TO_LIVE:
+                response = self.store.lease_time_to_live(rpc_pb2.LeaseTimeToLiveRequest.FromString(body))
+                if response.TTL != -1:
+                    answer = self.lease  # the leader's clock knows the remaining TTL
+            elif method == Method.LEASE_LEASES:
+                response = self.store.lease_leases()
+            elif method == Method.LEASE_KEEPALIVE:
+                response = rpc_pb2.LeaseKeepAliveResponse.FromString(body)  # from the lease actor
             elif method == Method.STATUS:
                 response = rpc_pb2.StatusResponse.FromString(body)
                 response.version = VERSION
@@ -130,7 +158,10 @@ class StorageActor(Actor):
             self.session.put(Kind.RESULT, (key, e.code, e.message.encode()))
             return
         self._header(response)
-        self.session.put(Kind.RESULT, (key, 0, response.SerializeToString()))
+        if answer is self.session:
+            answer.put(Kind.RESULT, (key, 0, response.SerializeToString()))
+        else:
+            answer.put(Kind.READ, (key, method, response.SerializeToString()))
 
     def deadline(self) -> float | None:
         return self.next_sync
@@ -146,10 +177,11 @@ class StorageActor(Actor):
     def flush(self) -> None:
         self.session.flush()
         self.raft.flush()
+        self.lease.flush()
 
     def close(self) -> None:
         self._commit()
         self.inbox.close(linger=0)
-        self.session.close()
-        self.raft.close()
+        for mailbox in (self.session, self.raft, self.lease):
+            mailbox.close()
         self.backend.close()

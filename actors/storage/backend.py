@@ -117,6 +117,10 @@ class Backend:
             return self._pending_meta[key]
         return self._cfs[cf].get(key)
 
+    def scan(self, cf: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every committed row of a small column family (lease, auth), in key order."""
+        return iter(self._cfs[cf].items())
+
     # -- batch -------------------------------------------------------------------------------
 
     @property

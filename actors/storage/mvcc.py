@@ -11,6 +11,11 @@ txn's sub-responses carries, ``count`` versus ``more`` under a limit, sort order
 Applying is deterministic and a refused request leaves no trace: every check runs before the
 first write, and the one failure etcd's checks cannot foresee (inside a txn) is rolled back.
 Writes go into the backend's pending batch, which the caller commits once per batch of entries.
+
+Leases are replicated state applied here too (etcd's lessor without its clock, see
+:mod:`actors.lease.table`): a put naming a lease checks it exists at apply time and attaches the
+key, deletes detach, and a revoke deletes every attached key in one revision of the same batch.
+What the lease actor must mirror (grants, checkpoints, revokes) is queued on :attr:`lease_events`.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from operator import attrgetter
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from actors import errors
 from actors.errors import Code, EtcdError
+from actors.lease.table import LeaseTable
 from actors.proto import kv_pb2, rpc_pb2
 from actors.protocol import Method
 from actors.storage.backend import META, Backend
@@ -46,6 +52,14 @@ _SORT_KEYS = {
     RangeRequest.VALUE: attrgetter("value"),
 }
 _EMPTY_KV = KeyValue()
+
+_LEASE_REQUESTS: dict[int, type[Message]] = {
+    Method.LEASE_GRANT: rpc_pb2.LeaseGrantRequest,
+    Method.LEASE_REVOKE: rpc_pb2.LeaseRevokeRequest,
+    Method.LEASE_CHECKPOINT: rpc_pb2.LeaseCheckpointRequest,
+}
+
+LeaseChange = tuple[str, int] | tuple[str, int, int, int]  # ("grant", id, ttl, remaining) | ("revoke", id)
 
 
 def _varint(n: int) -> bytes:
@@ -72,9 +86,27 @@ def _embed(tag: bytes, rows: list[bytes]) -> list[bytes]:
 class MvccStore:
     """The key-value state machine: applies KV writes, serves ranges at any kept revision."""
 
-    def __init__(self, backend: Backend, lease_exists: Callable[[int], bool] = lambda lease: False) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        leases: LeaseTable | None = None,
+        *,
+        lease_exists: Callable[[int], bool] | None = None,
+    ) -> None:
+        """``leases`` defaults to a :class:`LeaseTable` on ``backend`` with etcd's default minimum
+        TTL. ``lease_exists`` is for KV-only tests: it stands in for the table (existence checks
+        only, no attachments, lease requests refused)."""
         self._backend = backend
-        self._lease_exists = lease_exists
+        if lease_exists is not None and leases is None:
+            self._leases: LeaseTable | None = None
+            self._lease_exists = lease_exists
+        else:
+            self._leases = leases if leases is not None else LeaseTable(backend)
+            self._lease_exists = self._leases.exists
+        self.lease_events: list[LeaseChange] = []
+        """What the lease actor must mirror, in apply order: ``("grant", id, ttl, remaining_ttl)``
+        when a lease is granted *or checkpointed* (an upsert: the lease exists with these values),
+        ``("revoke", id)``. The storage actor drains it after each batch."""
         self._index = KeyIndex()
         self.revision = 1
         """The store revision: that of the last write that changed something (1 when empty)."""
@@ -83,6 +115,7 @@ class MvccStore:
         self._changes = 0  # changes made so far by the write in progress = the next sub revision
         # While a txn applies: (key, create_revision, version) before each of its changes
         self._undo: list[tuple[bytes, int, int]] | None = None
+        self._lease_undo: list[tuple[bytes, int]] = []  # while a txn applies: (key, lease before)
         self.events: list[tuple[int, bytes]] | None = None
         """Set to a list to collect ``(Event.EventType, serialized KeyValue as watch sends it)``
         for every change applied; the watch hub drains it."""
@@ -92,6 +125,9 @@ class MvccStore:
             Method.DELETE_RANGE: self.delete_range,
             Method.TXN: self.txn,
             Method.COMPACT: self.compact,
+            Method.LEASE_GRANT: self.lease_grant,
+            Method.LEASE_REVOKE: self.lease_revoke,
+            Method.LEASE_CHECKPOINT: self.lease_checkpoint,
         }
         self._restore()
 
@@ -103,26 +139,46 @@ class MvccStore:
         index = self._index
         last = b""
         parse = KeyValue.FromString
+        key_lease: dict[bytes, int] = {}  # each live key's lease, from its latest row (as etcd restores)
         for row, value in self._backend.scan_kv():
             kv = parse(value)
             if len(row) == REVISION_SIZE:
                 index.restore(kv.key, row, kv.create_revision, kv.version)
+                if kv.lease:
+                    key_lease[kv.key] = kv.lease
+                else:
+                    key_lease.pop(kv.key, None)
             else:
                 index.restore_tombstone(kv.key, row)
+                key_lease.pop(kv.key, None)
             last = row
         self.revision = max(main_revision(last) if last else 1, self.compact_revision, 1)
+        table = self._leases
+        if table is not None:
+            for key, lease in key_lease.items():
+                if table.exists(lease):  # always, unless the store was damaged: etcd skips those too
+                    table.attach(lease, key)
 
     # -- entry points ----------------------------------------------------------------------------
 
     def apply(self, method: int, request: bytes) -> Message:
-        """Apply one committed KV request (its serialized etcd message); return etcd's response.
+        """Apply one committed KV or lease request (its serialized etcd message); return etcd's response.
 
         Raises the :class:`EtcdError` etcd would answer; the store is then unchanged.
         """
         handler = self._handlers.get(method)
         if handler is None:
             raise EtcdError(Code.UNIMPLEMENTED, f"cairn: method {method} is not a KV request")
-        return handler(decode(method, request))
+        cls = _LEASE_REQUESTS.get(method)
+        if cls is None:
+            return handler(decode(method, request))
+        try:
+            message = cls.FromString(request)
+        except DecodeError as exc:
+            raise EtcdError(
+                Code.INVALID_ARGUMENT, f"cairn: request is not a valid etcdserverpb.{cls.__name__}: {exc}"
+            ) from None
+        return handler(message)
 
     def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         """Serve a Range at the current revision (header.revision set; the caller adds the rest)."""
@@ -158,6 +214,7 @@ class MvccStore:
             self._check_puts(req, path)
         self._check_ranges(req, path)
         resp = rpc_pb2.TxnResponse()
+        self._lease_undo.clear()
         # etcd checks its puts against the state *before* the txn, so a put with ignore_value
         # of a key that an earlier op of the same txn deleted passes the checks and then fails
         # (etcd 3.4 panics there, on every member). cairn undoes the txn and refuses it instead.
@@ -187,6 +244,87 @@ class MvccStore:
         self._backend.put(META, COMPACT_REVISION, rev.to_bytes(8, "big", signed=True))
         self.compact_revision = rev
         resp = rpc_pb2.CompactionResponse()
+        resp.header.revision = self.revision
+        return resp
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    @property
+    def leases(self) -> LeaseTable | None:
+        """The lease table (None only in the KV-only ``lease_exists`` mode)."""
+        return self._leases
+
+    def _table(self) -> LeaseTable:
+        if self._leases is None:
+            raise EtcdError(Code.UNIMPLEMENTED, "cairn: this store keeps no lease table")
+        return self._leases
+
+    def lease_grant(self, req: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
+        """Apply a LeaseGrant (the proposer already picked a non-zero ID); TTL is the granted one.
+
+        Takes no revision: leases are not KV data (etcd answers the current revision).
+        """
+        ttl = self._table().grant(req.ID, req.TTL)
+        self.lease_events.append(("grant", req.ID, ttl, 0))
+        resp = rpc_pb2.LeaseGrantResponse(ID=req.ID, TTL=ttl)
+        resp.header.revision = self.revision
+        return resp
+
+    def lease_revoke(self, req: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
+        """Apply a LeaseRevoke: delete every attached key, sorted, in ONE revision (none if the lease
+        holds no key), as etcd's lessor.Revoke does in one write txn."""
+        keys = self._table().revoke(req.ID)
+        scratch = rpc_pb2.DeleteRangeResponse()
+        for key in keys:
+            self._delete_range(rpc_pb2.DeleteRangeRequest(key=key), scratch)
+        self._end_write()
+        self.lease_events.append(("revoke", req.ID))
+        resp = rpc_pb2.LeaseRevokeResponse()
+        resp.header.revision = self.revision
+        return resp
+
+    def lease_checkpoint(self, req: rpc_pb2.LeaseCheckpointRequest) -> rpc_pb2.LeaseCheckpointResponse:
+        """Apply a LeaseCheckpoint: record remaining TTLs (unknown leases are skipped, as in etcd)."""
+        table = self._table()
+        for cp in req.checkpoints:
+            if table.checkpoint(cp.ID, cp.remaining_TTL):
+                self.lease_events.append(("grant", cp.ID, table.get(cp.ID).ttl, cp.remaining_TTL))
+        resp = rpc_pb2.LeaseCheckpointResponse()
+        resp.header.revision = self.revision
+        return resp
+
+    def lease_snapshot(self) -> list[LeaseChange]:
+        """A ``("grant", id, ttl, remaining_ttl)`` for every lease, in id order: what the lease actor
+        needs to start from (on open, or after the store is replaced by a snapshot)."""
+        if self._leases is None:
+            return []
+        return [("grant", lease.id, lease.ttl, lease.remaining_ttl) for lease in self._leases]
+
+    def lease_time_to_live(self, req: rpc_pb2.LeaseTimeToLiveRequest) -> rpc_pb2.LeaseTimeToLiveResponse:
+        """The replicated half of LeaseTimeToLive: ID, grantedTTL, keys (sorted) if asked.
+
+        TTL is -1 for an unknown lease (etcd's answer, not an error); for a known one it holds the
+        TTL the lease would get on a new leader (checkpointed remaining, else granted) until the
+        lease actor, which owns the clock, overwrites it with the real remaining time.
+        """
+        resp = rpc_pb2.LeaseTimeToLiveResponse(ID=req.ID)
+        lease = self._table().get(req.ID)
+        if lease is None:
+            resp.TTL = -1
+        else:
+            resp.TTL = lease.remaining_ttl or lease.ttl
+            resp.grantedTTL = lease.ttl
+            if req.keys:
+                resp.keys.extend(sorted(lease.keys))
+        resp.header.revision = self.revision
+        return resp
+
+    def lease_leases(self) -> rpc_pb2.LeaseLeasesResponse:
+        """Every lease id (etcd lists them by expiry; the replicated state has no clock: id order)."""
+        resp = rpc_pb2.LeaseLeasesResponse()
+        add = resp.leases.add
+        for lease_id in self._table().ids():
+            add(ID=lease_id)
         resp.header.revision = self.revision
         return resp
 
@@ -269,6 +407,15 @@ class MvccStore:
         """Forget every change of the txn in progress (index, pending rows, events)."""
         for key, created, version in reversed(self._undo):
             self._backend.delete_kv(self._index.revert(key, created, version))
+        table = self._leases
+        if table is not None:
+            for key, lease in reversed(self._lease_undo):
+                current = table.lease_of(key)
+                if current:
+                    table.detach(current, key)
+                if lease:
+                    table.attach(lease, key)
+        self._lease_undo.clear()
         self._changes = 0
         if self.events is not None:
             del self.events[events:]
@@ -302,6 +449,16 @@ class MvccStore:
         ).SerializeToString()
         self._backend.put_kv(rev, row)
         self._changes += 1
+        table = self._leases
+        if table is not None:
+            old = table.lease_of(key)
+            if old != lease:
+                if self._undo is not None:
+                    self._lease_undo.append((key, old))
+                if old:
+                    table.detach(old, key)
+                if lease:
+                    table.attach(lease, key)
         if self.events is not None:
             self.events.append((EVENT_PUT, row))
         resp.header.revision = main
@@ -316,7 +473,7 @@ class MvccStore:
             resp.MergeFromString(b"".join(parts))
             main = self.revision + 1
             index, put_kv, events = self._index, self._backend.put_kv, self.events
-            undo = self._undo
+            undo, table = self._undo, self._leases
             for key, _ in live:
                 if undo is not None:
                     _, created, version = index.latest(key)
@@ -324,6 +481,12 @@ class MvccStore:
                 tomb = index.tombstone(key, ((main << 64) | self._changes).to_bytes(REVISION_SIZE, "big"))
                 put_kv(tomb, KeyValue(key=key).SerializeToString())
                 self._changes += 1
+                if table is not None:
+                    lease = table.lease_of(key)
+                    if lease:
+                        if undo is not None:
+                            self._lease_undo.append((key, lease))
+                        table.detach(lease, key)
                 if events is not None:
                     events.append((EVENT_DELETE, KeyValue(key=key, mod_revision=main).SerializeToString()))
         resp.header.revision = self.revision + 1 if self._changes else self.revision

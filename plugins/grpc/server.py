@@ -9,7 +9,7 @@ text, which clients (etcdctl, clientv3) turn into their typed errors.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import structlog
@@ -32,11 +32,18 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
         "Txn": Method.TXN,
         "Compact": Method.COMPACT,
     },
+    "etcdserverpb.Lease": {
+        "LeaseGrant": Method.LEASE_GRANT,
+        "LeaseRevoke": Method.LEASE_REVOKE,
+        "LeaseTimeToLive": Method.LEASE_TIME_TO_LIVE,
+        "LeaseLeases": Method.LEASE_LEASES,
+    },
     "etcdserverpb.Maintenance": {"Status": Method.STATUS},
     "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
 def forward(client: Client, method: Method) -> Handler:
@@ -46,6 +53,21 @@ def forward(client: Client, method: Method) -> Handler:
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
+
+    return handler
+
+
+def forward_stream(client: Client, method: Method) -> StreamHandler:
+    """A bidirectional stream where each request gets one response (LeaseKeepAlive)."""
+
+    async def handler(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for request in requests:
+            try:
+                yield await client.call(method, request)
+            except EtcdError as e:
+                await context.abort(grpc.StatusCode[e.code.name], e.message)
 
     return handler
 
@@ -73,6 +95,10 @@ class GrpcFrontend:
                 name: grpc.unary_unary_rpc_method_handler(forward(client, method))
                 for name, method in methods.items()
             }
+            if service == "etcdserverpb.Lease":
+                table["LeaseKeepAlive"] = grpc.stream_stream_rpc_method_handler(
+                    forward_stream(client, Method.LEASE_KEEPALIVE)
+                )
             handlers.append(grpc.method_handlers_generic_handler(service, table))
         server.add_generic_rpc_handlers(handlers)
         checker = health.aio.HealthServicer()
