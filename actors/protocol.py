@@ -40,6 +40,8 @@ class Kind(IntEnum):
     APPLIED_DURABLE = 6  # storage -> raft, no records: aux = highest index whose effects are fsynced
     LEADERSHIP = 7  # raft -> lease, no records: aux = 1 when this member became leader, 0 when it stopped
     LEASE_EVENTS = 8  # storage -> lease: (lease id, LeaseEvent, LEASE_EVENT body)
+    PUSH = 9  # watch -> session -> frontend: (stream id, 0, WatchResponse) sent without a request
+    WATCH_EVENTS = 10  # storage -> watch: (revision, 0, pack_blobs(serialized Events)); aux = raft term
 
 
 class Method(IntEnum):
@@ -56,9 +58,17 @@ class Method(IntEnum):
     LEASE_KEEPALIVE = 9
     LEASE_TIME_TO_LIVE = 10
     LEASE_LEASES = 11
+    # Watch stream records: the record id is the frontend's stream id, and nothing answers them
+    # except the pushes of that stream.
+    WATCH = 12  # body: a WatchRequest (create, cancel or progress)
+    WATCH_CLOSE = 13  # the client went away: drop the stream's watchers
+    WATCH_BLOCKED = 14  # the frontend holds too many unsent responses: stop live sending
+    WATCH_READY = 15  # drained again: catch up and resume
     STATUS = 20
     MEMBER_LIST = 21
 
+
+STREAM_METHODS = frozenset({Method.WATCH, Method.WATCH_CLOSE, Method.WATCH_BLOCKED, Method.WATCH_READY})
 
 WRITES = frozenset(
     {Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT, Method.LEASE_GRANT, Method.LEASE_REVOKE}
@@ -116,6 +126,25 @@ def unpack(frame: bytes) -> tuple[int, int, list[Record]]:
         records.append((rid, code, bytes(view[offset : offset + length])))
         offset += length
     return kind, aux, records
+
+
+BLOB_LENGTH = struct.Struct("<I")
+
+
+def pack_blobs(blobs: Iterable[bytes]) -> bytes:
+    """Several byte strings as one record body (each behind its u32 length)."""
+    length = BLOB_LENGTH.pack
+    return b"".join(length(len(b)) + b for b in blobs)
+
+
+def unpack_blobs(data: bytes) -> list[bytes]:
+    blobs, offset, end = [], 0, len(data)
+    while offset < end:
+        (length,) = BLOB_LENGTH.unpack_from(data, offset)
+        offset += BLOB_LENGTH.size
+        blobs.append(data[offset : offset + length])
+        offset += length
+    return blobs
 
 
 def encode_proposal(key: int, method: int, request: bytes) -> bytes:

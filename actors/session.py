@@ -20,7 +20,7 @@ from actors import errors
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
-from actors.protocol import WRITES, Kind, MalformedFrame, Method, Record, pack, unpack
+from actors.protocol import STREAM_METHODS, WRITES, Kind, MalformedFrame, Method, Record, pack, unpack
 from actors.storage.validate import validate
 
 log = structlog.get_logger()
@@ -54,11 +54,16 @@ class SessionActor(Actor):
         self.raft = Mailbox(ctx, "raft")
         self.storage = Mailbox(ctx, "storage")
         self.lease = Mailbox(ctx, "lease")
+        self.watch = Mailbox(ctx, "watch")
         self.limits = limits
         self.prefix = key_prefix(member_id)
         self.counter = 0
         self.waiting: dict[int, tuple[bytes, int, float]] = {}
         self.replies: dict[bytes, list[Record]] = {}
+        self.pushes: dict[bytes, list[Record]] = {}
+        # watch streams: the node-wide stream key <-> (frontend identity, frontend's stream id)
+        self.streams: dict[int, tuple[bytes, int]] = {}
+        self.stream_keys: dict[tuple[bytes, int], int] = {}
         self.next_sweep = time.monotonic() + 1.0
 
     def sockets(self) -> Sequence[zmq.Socket]:
@@ -79,19 +84,42 @@ class SessionActor(Actor):
                     continue
                 if kind == Kind.REQUEST:
                     for rid, method, body in records:
-                        self._request(identity, rid, method, body, deadline)
+                        if method in STREAM_METHODS:
+                            self._stream_request(identity, rid, method, body)
+                        else:
+                            self._request(identity, rid, method, body, deadline)
             return
         for (frame,) in messages:
-            _, _, records = unpack(frame)
-            for key, status, body in records:
-                self._answer(key, status, body)
+            kind, _, records = unpack(frame)
+            if kind == Kind.PUSH:
+                for key, _, body in records:
+                    self._push(key, body)
+            else:
+                for key, status, body in records:
+                    self._answer(key, status, body)
 
     def _reply(self, identity: bytes, record: Record) -> None:
-        replies = self.replies.get(identity)
-        if replies is None:
-            self.replies[identity] = [record]
-        else:
-            replies.append(record)
+        self.replies.setdefault(identity, []).append(record)
+
+    def _stream_request(self, identity: bytes, stream_id: int, method: int, body: bytes) -> None:
+        """Watch stream traffic goes to the watch actor under a node-wide stream key."""
+        key = self.stream_keys.get((identity, stream_id))
+        if key is None:
+            if method == Method.WATCH_CLOSE:
+                return
+            key = self._next_key()
+            self.stream_keys[(identity, stream_id)] = key
+            self.streams[key] = (identity, stream_id)
+        if method == Method.WATCH_CLOSE:
+            del self.stream_keys[(identity, stream_id)]
+            del self.streams[key]
+        self.watch.put(Kind.REQUEST, (key, method, body))
+
+    def _push(self, key: int, body: bytes) -> None:
+        stream = self.streams.get(key)
+        if stream is not None:
+            identity, stream_id = stream
+            self.pushes.setdefault(identity, []).append((stream_id, 0, body))
 
     def _fail(self, identity: bytes, rid: int, error: errors.EtcdError) -> None:
         self._reply(identity, (rid, error.code, error.message.encode()))
@@ -156,13 +184,15 @@ class SessionActor(Actor):
         self.raft.flush()
         self.storage.flush()
         self.lease.flush()
-        if self.replies:
-            replies, self.replies = self.replies, {}
-            for identity, records in replies.items():
-                self.front.send_multipart([identity, pack(Kind.RESULT, records)], copy=False)
+        self.watch.flush()
+        for kind, batches in ((Kind.RESULT, self.replies), (Kind.PUSH, self.pushes)):
+            if batches:
+                for identity, records in batches.items():
+                    self.front.send_multipart([identity, pack(kind, records)], copy=False)
+                batches.clear()
 
     def close(self) -> None:
         for sock in (self.front, self.inbox):
             sock.close(linger=0)
-        for mailbox in (self.raft, self.storage, self.lease):
+        for mailbox in (self.raft, self.storage, self.lease, self.watch):
             mailbox.close()

@@ -1,9 +1,11 @@
 """``Client``: the one asyncio client of the core's message protocol, shared by every frontend.
 
 Frontends hand it serialized etcd request messages and get serialized responses back; it never
-looks inside them. Calls made during one event-loop iteration leave in ONE frame (pyzmq's cost is
-per frame), and the core answers in batches the same way, so a frontend under load pays a few
-microseconds of transport per request instead of a round trip each.
+looks inside them. Calls made during one event-loop iteration leave in ONE frame (pyzmq's cost
+is per frame), and the core answers in batches the same way, so a frontend under load pays a few
+microseconds of transport per request instead of a round trip each. Watch streams are
+:class:`Stream` objects: the frontend sends WatchRequests and reads the responses the core
+pushes, with backpressure toward the core's watch hub.
 """
 
 from __future__ import annotations
@@ -16,9 +18,48 @@ import zmq
 import zmq.asyncio
 
 from actors import errors
-from actors.protocol import Kind, MalformedFrame, Record, pack, unpack
+from actors.protocol import Kind, MalformedFrame, Method, Record, pack, unpack
 
 log = structlog.get_logger()
+
+
+STREAM_HIGH_WATER = 256  # pushed responses a frontend holds for one stream before it says "blocked"
+STREAM_LOW_WATER = 32  # ... and says "ready" again once the stream has drained to this
+
+
+class Stream:
+    """One watch stream: requests go to the core's watch hub, its responses come back pushed.
+
+    When the consumer (a gRPC client that does not read) falls behind, the stream tells the
+    hub it is blocked; the hub stops live sending and later replays from history, so memory here
+    stays bounded by the high-water mark plus what was already in flight.
+    """
+
+    def __init__(self, client: Client, stream_id: int) -> None:
+        self.client = client
+        self.id = stream_id
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.blocked = False
+
+    def send(self, request: bytes) -> None:
+        self.client._enqueue((self.id, Method.WATCH, request))
+
+    def _push(self, response: bytes) -> None:
+        self.queue.put_nowait(response)
+        if not self.blocked and self.queue.qsize() >= STREAM_HIGH_WATER:
+            self.blocked = True
+            self.client._enqueue((self.id, Method.WATCH_BLOCKED, b""))
+
+    async def get(self) -> bytes:
+        response = await self.queue.get()
+        if self.blocked and self.queue.qsize() <= STREAM_LOW_WATER:
+            self.blocked = False
+            self.client._enqueue((self.id, Method.WATCH_READY, b""))
+        return response
+
+    def close(self) -> None:
+        if self.client._streams.pop(self.id, None) is not None:
+            self.client._enqueue((self.id, Method.WATCH_CLOSE, b""))
 
 
 class Client:
@@ -36,6 +77,7 @@ class Client:
         self._next_id = 1
         self._pending: dict[int, tuple[asyncio.Future[bytes], float]] = {}
         self._outbox: list[Record] = []
+        self._streams: dict[int, Stream] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -47,10 +89,19 @@ class Client:
         self._next_id += 1
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = (future, time.monotonic() + self.timeout)
+        self._enqueue((rid, method, request))
+        return await future
+
+    def open_stream(self) -> Stream:
+        stream = Stream(self, self._next_id)
+        self._next_id += 1
+        self._streams[stream.id] = stream
+        return stream
+
+    def _enqueue(self, record: Record) -> None:
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.append((rid, method, request))
-        return await future
+        self._outbox.append(record)
 
     def _flush(self) -> None:
         records, self._outbox = self._outbox, []
@@ -63,6 +114,12 @@ class Client:
                 kind, _, records = unpack(frame)
             except MalformedFrame as e:
                 log.error("core_frame_malformed", error=str(e))
+                continue
+            if kind == Kind.PUSH:
+                for sid, _, body in records:
+                    stream = self._streams.get(sid)
+                    if stream is not None:
+                        stream._push(body)
                 continue
             if kind != Kind.RESULT:
                 continue

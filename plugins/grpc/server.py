@@ -9,6 +9,7 @@ text, which clients (etcdctl, clientv3) turn into their typed errors.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -72,6 +73,33 @@ def forward_stream(client: Client, method: Method) -> StreamHandler:
     return handler
 
 
+def watch_stream(client: Client) -> StreamHandler:
+    """etcd's Watch: requests flow to the core's watch hub while its pushed responses flow back.
+
+    A client that half-closes keeps receiving, as with etcd; the stream ends when the client
+    cancels or the server stops (clients then reconnect and resume from their last revision).
+    """
+
+    async def handler(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        stream = client.open_stream()
+
+        async def forward_requests() -> None:
+            async for request in requests:
+                stream.send(request)
+
+        reader = asyncio.create_task(forward_requests())
+        try:
+            while True:
+                yield await stream.get()
+        finally:
+            reader.cancel()
+            stream.close()
+
+    return handler
+
+
 class GrpcFrontend:
     name = "grpc"
 
@@ -100,6 +128,8 @@ class GrpcFrontend:
                     forward_stream(client, Method.LEASE_KEEPALIVE)
                 )
             handlers.append(grpc.method_handlers_generic_handler(service, table))
+        watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
+        handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))
         server.add_generic_rpc_handlers(handlers)
         checker = health.aio.HealthServicer()
         await checker.set("", health_pb2.HealthCheckResponse.SERVING)
