@@ -52,7 +52,9 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
         ctx,
         RaftSettings(
             member_id=config.member_id,
+            cluster_id=config.cluster_id,
             members=members(config),
+            listen_peer_urls=tuple(split_urls(config.listen_peer_urls)),
             data_dir=config.data_dir,
             heartbeat_ms=config.heartbeat_interval,
             election_ms=config.election_timeout,

@@ -25,6 +25,7 @@ from actors.proto import rpc_pb2
 from actors.protocol import Kind, Method, Record, encode_proposal, unpack
 from actors.raft.core import NotLeader, RaftCore
 from actors.raft.durable import DurableLog
+from actors.raft.transport import PeerTransport
 
 log = structlog.get_logger()
 
@@ -42,8 +43,10 @@ class Member:
 @dataclass(slots=True, frozen=True)
 class RaftSettings:
     member_id: int
+    cluster_id: int
     members: tuple[Member, ...]
     data_dir: str
+    listen_peer_urls: tuple[str, ...] = ()
     heartbeat_ms: int = 100
     election_ms: int = 1000
     applied: int = 0
@@ -71,9 +74,19 @@ class RaftActor(Actor):
             heartbeat_tick=1,
             applied=settings.applied,
         )
+        self.transport = PeerTransport(
+            ctx,
+            settings.cluster_id,
+            settings.member_id,
+            settings.listen_peer_urls,
+            {m.id: m.peer_urls for m in settings.members},
+        )
         self.interval = settings.heartbeat_ms / 1000.0
         self.next_tick = time.monotonic() + self.interval
-        self.reads: dict[bytes, list[Record]] = {}
+        self.reads: dict[bytes, list[Record]] = {}  # ReadIndex context -> the reads it serves
+        self.ready_reads: list[tuple[int, list[Record]]] = []  # (read index, reads) awaiting commit
+        self.committed = settings.applied  # highest index handed to storage
+        self.term = 0
         self.read_seq = 0
         self.durable_applied = settings.applied
         self.leader_id = 0
@@ -82,9 +95,17 @@ class RaftActor(Actor):
         self._drain_ready()
 
     def sockets(self) -> Sequence[zmq.Socket]:
-        return (self.inbox,)
+        return (self.inbox, self.transport.inbound)
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        if sock is self.transport.inbound:
+            peer_messages, forwarded = self.transport.receive(messages)
+            for message in peer_messages:
+                self.core.step(message)
+            if forwarded:
+                self._propose(forwarded)
+            self._drain_ready()
+            return
         proposals: list[Record] = []
         reads: list[Record] = []
         for (frame,) in messages:
@@ -106,10 +127,12 @@ class RaftActor(Actor):
         self._drain_ready()
 
     def _propose(self, proposals: list[Record]) -> None:
+        """Propose here when leader; a follower forwards to the leader, whose commit answers us."""
         try:
             self.core.propose([encode_proposal(key, method, body) for key, method, body in proposals])
-        except NotLeader:
-            self._fail(proposals, errors.NO_LEADER)
+        except NotLeader as e:
+            if not (e.leader_id and self.transport.forward(e.leader_id, proposals)):
+                self._fail(proposals, errors.NO_LEADER)
 
     def _read_index(self, reads: list[Record]) -> None:
         """One ReadIndex request for the whole batch: one heartbeat round serves them all."""
@@ -152,14 +175,21 @@ class RaftActor(Actor):
             rd = core.ready()
             if rd.hard_state is not None or rd.entries:
                 self.log.save(rd.hard_state, rd.entries, sync=rd.must_sync)
+            if rd.messages:
+                self.transport.send(rd.messages)  # only now: what they promise is on disk
+            if rd.term != self.term:
+                self._fail_reads(errors.LEADER_CHANGED)
+                self.term = rd.term
             if rd.committed_entries:
                 self.storage.extend(
                     Kind.COMMITTED, [(e.index, e.type, e.data) for e in rd.committed_entries], aux=rd.term
                 )
+                self.committed = rd.committed_entries[-1].index
             for state in rd.read_states:
                 reads = self.reads.pop(state.context, None)
                 if reads:
-                    self.storage.extend(Kind.READ, reads)
+                    self.ready_reads.append((state.index, reads))
+            self._release_reads()
             if rd.leader_id != self.leader_id:
                 log.info("raft_leader_changed", leader=f"{rd.leader_id:x}", term=rd.term)
                 was_leader = self.leader_id == self.settings.member_id
@@ -168,6 +198,22 @@ class RaftActor(Actor):
                 if is_leader != was_leader:
                     self.lease.signal(Kind.LEADERSHIP, int(is_leader))
             core.advance(rd)
+
+    def _release_reads(self) -> None:
+        """Reads go to storage behind the entries up to their read index (a follower may lag)."""
+        waiting = []
+        for index, reads in self.ready_reads:
+            if index <= self.committed:
+                self.storage.extend(Kind.READ, reads)
+            else:
+                waiting.append((index, reads))
+        self.ready_reads = waiting
+
+    def _fail_reads(self, error: errors.EtcdError) -> None:
+        """A new term drops the core's pending ReadIndex requests: answer them instead of timing out."""
+        for reads in self.reads.values():
+            self._fail(reads, error)
+        self.reads.clear()
 
     def _compact(self, durable_applied: int) -> None:
         """Drop log entries the storage actor has durably applied, keeping a tail for slow peers."""
@@ -193,4 +239,5 @@ class RaftActor(Actor):
         self.inbox.close(linger=0)
         for mailbox in (self.storage, self.session, self.lease):
             mailbox.close()
+        self.transport.close()
         self.log.close()
