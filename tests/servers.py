@@ -133,6 +133,7 @@ class Server:
         self.extra_args = list(extra_args)
         self.env = env
         self.ready_timeout = ready_timeout
+        self.initial_cluster = f"{name}={self.peer_url}"  # a Cluster sets every member's
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- addresses -------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class Server:
             "--advertise-client-urls", self.client_url,
             "--listen-peer-urls", self.peer_url,
             "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", f"{self.name}={self.peer_url}",
+            "--initial-cluster", self.initial_cluster,
             *self.extra_args,
         ]  # fmt: skip
 
@@ -318,6 +319,75 @@ class Server:
         Text mode decodes with surrogateescape so non-UTF-8 output (-w protobuf) never raises.
         """
         return run_etcdctl(self.endpoint, *args, input=input, check=check, timeout=timeout, text=text)
+
+
+class Cluster:
+    """N members of one cluster (etcd or cairn) on loopback, started together, stopped by pid."""
+
+    def __init__(
+        self, kind: str, size: int, base_dir: str | os.PathLike[str], extra_args: Sequence[str] = ()
+    ):
+        self.members = [
+            Server(
+                kind,
+                Path(base_dir) / f"n{i}",
+                name=f"n{i}",
+                extra_args=[*extra_args, "--initial-cluster-token", "test-cluster"],
+            )
+            for i in range(1, size + 1)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self) -> Cluster:
+        for m in self.members:
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_ready()
+        return self
+
+    def status(self, member: Server, timeout: float = 2.0) -> tuple[int, int, int] | None:
+        """(member id, leader id, raft index) from Maintenance.Status, or None if it does not answer."""
+        from actors.proto import rpc_pb2
+
+        with grpc.insecure_channel(member.endpoint) as channel:
+            call = channel.unary_unary("/etcdserverpb.Maintenance/Status")
+            try:
+                resp = rpc_pb2.StatusResponse.FromString(call(b"", timeout=timeout))
+            except grpc.RpcError:
+                return None
+        return resp.header.member_id, resp.leader, resp.raftIndex
+
+    def leader(self, timeout: float = 10.0, among: Sequence[Server] | None = None) -> Server:
+        """The running member that is leader, as every running member agrees; waits for one."""
+        deadline = time.monotonic() + timeout
+        members = [m for m in (among or self.members) if m.running]
+        while True:
+            statuses = {m.name: self.status(m) for m in members}
+            leaders = {s[1] for s in statuses.values() if s}
+            by_id = {s[0]: m for m, s in zip(members, statuses.values(), strict=True) if s}
+            if len(leaders) == 1 and None not in statuses.values():
+                leader = by_id.get(leaders.pop())
+                if leader is not None:
+                    return leader
+            if time.monotonic() > deadline:
+                raise ServerError(f"no agreed leader after {timeout}s: {statuses}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def run_etcdctl(
