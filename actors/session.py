@@ -35,6 +35,21 @@ class Limits:
     request_timeout: float = 7.0
 
 
+def _varint_size(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def proposal_size(key: int, body: bytes) -> int:
+    """The size etcd checks against ``max-request-bytes``: the request wrapped in its raft entry.
+
+    etcd measures the marshaled InternalRaftRequest: the request as one field (tag + length + body)
+    plus a RequestHeader in field 100 that carries the request id. Matching it makes the limit
+    fall on the same byte for the same request.
+    """
+    header = 1 + _varint_size(key)  # RequestHeader{ID}
+    return 2 + _varint_size(header) + header + 1 + _varint_size(len(body)) + len(body)
+
+
 def key_prefix(member_id: int) -> int:
     """The high 16 bits of every request key this member issues."""
     return (member_id & 0xFFFF) << 48
@@ -128,7 +143,8 @@ class SessionActor(Actor):
         if method not in CLIENT_METHODS:
             self._fail(identity, rid, errors.EtcdError(errors.Code.UNIMPLEMENTED, f"unknown method {method}"))
             return
-        if len(body) > self.limits.max_request_bytes:
+        key = self._next_key()
+        if method in WRITES and proposal_size(key, body) > self.limits.max_request_bytes:
             self._fail(identity, rid, errors.REQUEST_TOO_LARGE)
             return
         try:
@@ -136,7 +152,6 @@ class SessionActor(Actor):
         except errors.EtcdError as e:
             self._fail(identity, rid, e)
             return
-        key = self._next_key()
         self.waiting[key] = (identity, rid, deadline)
         if method in WRITES:
             if method == Method.LEASE_GRANT:

@@ -158,6 +158,8 @@ class StorageActor(Actor):
             self.session.put(Kind.RESULT, (key, e.code, e.message.encode()))
             return
         self._header(response)
+        if method == Method.MEMBER_LIST:
+            response.header.revision = 0  # the Cluster service's headers carry no revision in etcd
         if answer is self.session:
             answer.put(Kind.RESULT, (key, 0, response.SerializeToString()))
         else:
