@@ -28,6 +28,9 @@ log = structlog.get_logger()
 CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT}
 
 
+FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
+
+
 @dataclass(slots=True, frozen=True)
 class Limits:
     max_request_bytes: int = 1572864
@@ -79,6 +82,7 @@ class SessionActor(Actor):
         # watch streams: the node-wide stream key <-> (frontend identity, frontend's stream id)
         self.streams: dict[int, tuple[bytes, int]] = {}
         self.stream_keys: dict[tuple[bytes, int], int] = {}
+        self.last_seen: dict[bytes, float] = {}
         self.next_sweep = time.monotonic() + 1.0
 
     def sockets(self) -> Sequence[zmq.Socket]:
@@ -86,12 +90,14 @@ class SessionActor(Actor):
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
         if sock is self.front:
-            deadline = time.monotonic() + self.limits.request_timeout
+            now = time.monotonic()
+            deadline = now + self.limits.request_timeout
             for message in messages:
                 if len(message) != 2:
                     log.warning("frontend_message_malformed", parts=len(message))
                     continue
                 identity, frame = message
+                self.last_seen[identity] = now
                 try:
                     kind, _, records = unpack(frame)
                 except MalformedFrame as e:
@@ -189,11 +195,19 @@ class SessionActor(Actor):
         return self.next_sweep
 
     def on_time(self, now: float) -> None:
-        """Answer requests that raft never committed in time (a lost leader) with etcd's timeout."""
+        """Answer requests that raft never committed in time (a lost leader) with etcd's timeout,
+        and close the watch streams of frontends that went away (crashed or restarted)."""
         self.next_sweep = now + 1.0
         late = [key for key, (_, _, deadline) in self.waiting.items() if deadline < now]
         for key in late:
             self._answer(key, errors.TIMEOUT.code, errors.TIMEOUT.message.encode())
+        gone = {identity for identity, seen in self.last_seen.items() if now - seen > FRONTEND_TIMEOUT}
+        if gone:
+            log.info("frontends_gone", count=len(gone))
+            for identity, stream_id in [s for s in self.stream_keys if s[0] in gone]:
+                self._stream_request(identity, stream_id, Method.WATCH_CLOSE, b"")
+            for identity in gone:
+                del self.last_seen[identity]
 
     def flush(self) -> None:
         self.raft.flush()

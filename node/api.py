@@ -23,6 +23,7 @@ from actors.protocol import Kind, MalformedFrame, Method, Record, pack, unpack
 log = structlog.get_logger()
 
 
+HEARTBEAT_INTERVAL = 0.5  # seconds; the core's session actor forgets frontends silent for FRONTEND_TIMEOUT
 STREAM_HIGH_WATER = 256  # pushed responses a frontend holds for one stream before it says "blocked"
 STREAM_LOW_WATER = 32  # ... and says "ready" again once the stream has drained to this
 
@@ -105,7 +106,10 @@ class Client:
 
     def _flush(self) -> None:
         records, self._outbox = self._outbox, []
-        self._sock.send(pack(Kind.REQUEST, records), copy=False)
+        self._send_frame(pack(Kind.REQUEST, records))
+
+    def _send_frame(self, frame: bytes) -> None:
+        self._sock.send(frame, copy=False)
 
     async def _receive(self) -> None:
         while True:
@@ -135,9 +139,15 @@ class Client:
                     )
 
     async def _expire(self) -> None:
-        """Fail calls the core never answered (it restarted, or a leader was lost) with etcd's timeout."""
+        """Fail calls the core never answered (it restarted, or a leader was lost) with etcd's timeout.
+
+        Every turn also sends a frame even when idle: the core takes a frontend that stays silent
+        for several seconds to be gone, and drops its watch streams.
+        """
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            if not self._outbox:
+                self._send_frame(pack(Kind.REQUEST, []))
             now = time.monotonic()
             late = [rid for rid, (_, deadline) in self._pending.items() if deadline < now]
             for rid in late:
