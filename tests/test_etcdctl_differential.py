@@ -147,6 +147,22 @@ SEQUENCE: list[Step] = [
     (("get", "leased/a", "-w", "json"), None),
     (("lease", "revoke", "{lease0}"), None),
     (("get", "--prefix", "leased/", "-w", "json"), None),             # b deleted by the revoke
+    # --- the lease service itself ---------------------------------------------------------------------
+    (("lease", "grant", "1"), None),                                  # raised to the minimum TTL
+    (("lease", "grant", "9000000001"), None),                         # error: too large lease TTL
+    (("lease", "grant", "300"), None),
+    (("lease", "keep-alive", "--once", "{lease2}"), None),
+    (("lease", "keep-alive", "--once", "{lease0}"), None),            # revoked: TTL 0
+    (("lease", "timetolive", "{lease0}"), None),                      # revoked: already expired
+    (("lease", "timetolive", "--keys", "{lease0}", "-w", "json"), None),
+    (("lease", "revoke", "{lease0}"), None),                          # error: lease not found
+    (("put", "--lease={lease2}", "svc/a", "up"), None),
+    (("put", "--lease={lease2}", "svc/b", "up"), None),
+    (("lease", "revoke", "{lease2}"), None),                          # both keys, one revision
+    (("get", "--prefix", "svc/", "-w", "json"), None),
+    (("lease", "revoke", "{lease1}"), None),                          # no keys: no new revision
+    (("lease", "list"), None),
+    (("get", "--prefix", "", "--keys-only", "-w", "json"), None),
     # --- compaction -----------------------------------------------------------------------------------
     (("put", "k/c", "1"), None),
     (("put", "k/c", "2"), None),
