@@ -64,6 +64,7 @@ class Method(IntEnum):
     WATCH_CLOSE = 13  # the client went away: drop the stream's watchers
     WATCH_BLOCKED = 14  # the frontend holds too many unsent responses: stop live sending
     WATCH_READY = 15  # drained again: catch up and resume
+    WATCH_HISTORY = 16  # watch -> storage (READ) and back (RESULT): past events for a catching-up watcher
     STATUS = 20
     MEMBER_LIST = 21
 
@@ -90,6 +91,7 @@ class EntryType(IntEnum):
 
     NORMAL = 0  # data is a proposal: encode_proposal(key, method, request)
     EMPTY = 1  # a new leader's no-op entry: only advances the applied index
+    CONF_CHANGE = 2  # a membership change: data is actors.raft.confchange.ConfChange.encode()
 
 
 def pack(kind: int, records: Iterable[Record], aux: int = 0) -> bytes:
@@ -145,6 +147,35 @@ def unpack_blobs(data: bytes) -> list[bytes]:
         blobs.append(data[offset : offset + length])
         offset += length
     return blobs
+
+
+HISTORY_QUERY = struct.Struct("<qqq")  # start revision, end revision, event limit
+HISTORY_ANSWER = struct.Struct("<qq")  # next revision to read, compacted revision (-1: not compacted)
+REVISION = struct.Struct("<q")
+
+
+def encode_history_query(key: bytes, range_end: bytes, start: int, end: int, limit: int) -> bytes:
+    return pack_blobs((key, range_end, HISTORY_QUERY.pack(start, end, limit)))
+
+
+def decode_history_query(body: bytes) -> tuple[bytes, bytes, int, int, int]:
+    key, range_end, numbers = unpack_blobs(body)
+    return (key, range_end, *HISTORY_QUERY.unpack(numbers))
+
+
+def encode_history(revisions: list[tuple[int, list[bytes]]], next_rev: int, compacted: int = -1) -> bytes:
+    blobs = (REVISION.pack(rev) + pack_blobs(events) for rev, events in revisions)
+    return HISTORY_ANSWER.pack(next_rev, compacted) + pack_blobs(blobs)
+
+
+def decode_history(body: bytes) -> tuple[list[tuple[int, list[bytes]]], int, int]:
+    """``(revisions, next revision, compacted revision or -1)``."""
+    next_rev, compacted = HISTORY_ANSWER.unpack_from(body, 0)
+    revisions = [
+        (REVISION.unpack_from(blob, 0)[0], unpack_blobs(blob[REVISION.size :]))
+        for blob in unpack_blobs(body[HISTORY_ANSWER.size :])
+    ]
+    return revisions, next_rev, compacted
 
 
 def encode_proposal(key: int, method: int, request: bytes) -> bytes:

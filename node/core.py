@@ -17,6 +17,7 @@ from actors.loop import Loop
 from actors.raft.actor import Member, RaftActor, RaftSettings
 from actors.session import Limits, SessionActor, key_prefix
 from actors.storage.actor import StorageActor, StorageSettings
+from actors.watch.actor import WatchActor
 from node.config import NodeConfig, split_urls
 from node.logging import setup_logging
 from node.supervisor import EXIT_FATAL
@@ -64,7 +65,8 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
     limits = Limits(config.max_request_bytes, config.max_txn_ops)
     session = SessionActor(ctx, config.core_url, config.member_id, limits)
     log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")
-    return Loop([session, raft, storage, lease])
+    watch = WatchActor(ctx, config.cluster_id, config.member_id, storage.store.revision)
+    return Loop([session, raft, storage, lease, watch])
 
 
 def main() -> None:

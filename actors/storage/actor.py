@@ -22,7 +22,19 @@ from actors.lease.table import LeaseTable, min_lease_ttl
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
-from actors.protocol import LEASE_EVENT, EntryType, Kind, LeaseEvent, Method, Record, decode_proposal, unpack
+from actors.protocol import (
+    LEASE_EVENT,
+    EntryType,
+    Kind,
+    LeaseEvent,
+    Method,
+    Record,
+    decode_history_query,
+    decode_proposal,
+    encode_history,
+    pack_blobs,
+    unpack,
+)
 from actors.storage.backend import Backend
 from actors.storage.mvcc import MvccStore
 
@@ -55,6 +67,7 @@ class StorageActor(Actor):
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
         self.lease = Mailbox(ctx, "lease")
+        self.watch = Mailbox(ctx, "watch")
         self._send_lease_events(self.store.lease_snapshot())  # the lease actor starts from this
         self.term = 0
         self.applied = self.backend.applied_index
@@ -115,6 +128,10 @@ class StorageActor(Actor):
         if self.store.lease_events:
             self._send_lease_events(self.store.lease_events)
             self.store.lease_events.clear()
+        if self.store.watch_events:
+            revisions = [(rev, 0, pack_blobs(events)) for rev, events in self.store.watch_events]
+            self.watch.extend(Kind.WATCH_EVENTS, revisions, aux=self.term)
+            self.store.watch_events.clear()
 
     def _send_lease_events(self, events: list[tuple]) -> None:
         records = []
@@ -131,8 +148,21 @@ class StorageActor(Actor):
             self.backend.commit(self.applied)
             self.uncommitted = False
 
+    def _history(self, read_id: int, query: bytes) -> None:
+        """Past events for the watch hub: a watcher starting in the past or catching up."""
+        key, range_end, start, end, limit = decode_history_query(query)
+        try:
+            revisions, next_rev = self.store.history(key, range_end, start, end, limit)
+            answer = encode_history(revisions, next_rev)
+        except errors.EtcdError:  # compacted: the hub cancels the watcher as etcd does
+            answer = encode_history([], start, compacted=self.store.compact_revision)
+        self.watch.put(Kind.RESULT, (read_id, 0, answer))
+
     def _read(self, record: Record) -> None:
         key, method, body = record
+        if method == Method.WATCH_HISTORY:
+            self._history(key, body)
+            return
         answer = self.session
         try:
             if method == Method.RANGE:
@@ -180,10 +210,11 @@ class StorageActor(Actor):
         self.session.flush()
         self.raft.flush()
         self.lease.flush()
+        self.watch.flush()
 
     def close(self) -> None:
         self._commit()
         self.inbox.close(linger=0)
-        for mailbox in (self.session, self.raft, self.lease):
+        for mailbox in (self.session, self.raft, self.lease, self.watch):
             mailbox.close()
         self.backend.close()
