@@ -150,7 +150,7 @@ def unpack_blobs(data: bytes) -> list[bytes]:
 
 
 HISTORY_QUERY = struct.Struct("<qqq")  # start revision, end revision, event limit
-HISTORY_ANSWER = struct.Struct("<qq")  # next revision to read, compacted revision (-1: not compacted)
+HISTORY_ANSWER = struct.Struct("<qBq")  # next revision to read, compacted?, the compacted revision
 REVISION = struct.Struct("<q")
 
 
@@ -163,14 +163,18 @@ def decode_history_query(body: bytes) -> tuple[bytes, bytes, int, int, int]:
     return (key, range_end, *HISTORY_QUERY.unpack(numbers))
 
 
-def encode_history(revisions: list[tuple[int, list[bytes]]], next_rev: int, compacted: int = -1) -> bytes:
+def encode_history(
+    revisions: list[tuple[int, list[bytes]]], next_rev: int, compacted: int | None = None
+) -> bytes:
     blobs = (REVISION.pack(rev) + pack_blobs(events) for rev, events in revisions)
-    return HISTORY_ANSWER.pack(next_rev, compacted) + pack_blobs(blobs)
+    flag, value = (0, 0) if compacted is None else (1, compacted)  # -1 is a real compacted revision
+    return HISTORY_ANSWER.pack(next_rev, flag, value) + pack_blobs(blobs)
 
 
-def decode_history(body: bytes) -> tuple[list[tuple[int, list[bytes]]], int, int]:
-    """``(revisions, next revision, compacted revision or -1)``."""
-    next_rev, compacted = HISTORY_ANSWER.unpack_from(body, 0)
+def decode_history(body: bytes) -> tuple[list[tuple[int, list[bytes]]], int, int | None]:
+    """``(revisions, next revision, compacted revision or None)``."""
+    next_rev, flag, value = HISTORY_ANSWER.unpack_from(body, 0)
+    compacted = value if flag else None
     revisions = [
         (REVISION.unpack_from(blob, 0)[0], unpack_blobs(blob[REVISION.size :]))
         for blob in unpack_blobs(body[HISTORY_ANSWER.size :])

@@ -16,6 +16,11 @@ Leases are replicated state applied here too (etcd's lessor without its clock, s
 :mod:`actors.lease.table`): a put naming a lease checks it exists at apply time and attaches the
 key, deletes detach, and a revoke deletes every attached key in one revision of the same batch.
 What the lease actor must mirror (grants, checkpoints, revokes) is queued on :attr:`lease_events`.
+
+Watch: every revision applied queues its ``mvccpb.Event`` messages on :attr:`MvccStore.watch_events`
+for the watch hub, each with ``prev_kv`` (known here for the price of one row read), and
+:meth:`MvccStore.history` reads the events of past revisions back from the ``kv`` rows for
+watchers that start in the past or fell behind.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from actors.lease.table import LeaseTable
 from actors.proto import kv_pb2, rpc_pb2
 from actors.protocol import Method
 from actors.storage.backend import META, Backend
-from actors.storage.keyindex import REVISION_SIZE, KeyIndex, main_revision
+from actors.storage.keyindex import REVISION_SIZE, KeyIndex, main_revision, revision_bound, revision_key
 from actors.storage.validate import decode
 
 KeyValue = kv_pb2.KeyValue
@@ -60,6 +65,11 @@ _LEASE_REQUESTS: dict[int, type[Message]] = {
 }
 
 LeaseChange = tuple[str, int] | tuple[str, int, int, int]  # ("grant", id, ttl, remaining) | ("revoke", id)
+RevisionEvents = tuple[int, list[bytes]]  # (revision, serialized mvccpb.Events in sub revision order)
+
+HISTORY_SCAN_ROWS = 10_000
+"""Rows one :meth:`MvccStore.history` call reads at most (it stops at a revision boundary after
+that), so catching a watcher up never stalls the storage actor's loop for long."""
 
 
 def _varint(n: int) -> bytes:
@@ -73,6 +83,28 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def _event(kind: int, kv: bytes, prev: bytes | None) -> bytes:
+    """Wire bytes of an ``mvccpb.Event`` (fields in number order, as protobuf writes them)."""
+    out = (b"\x08\x01\x12" if kind == EVENT_DELETE else b"\x12") + _varint(len(kv)) + kv
+    if prev is not None:
+        out += b"\x1a" + _varint(len(prev)) + prev
+    return out
+
+
+def _row_key(row: bytes) -> bytes:
+    """The key of a serialized KeyValue without parsing all of it (field 1 comes first)."""
+    if row[:1] == b"\x0a":
+        n, shift, i = 0, 0, 1
+        while True:
+            b = row[i]
+            n |= (b & 0x7F) << shift
+            i += 1
+            if b < 0x80:
+                return row[i : i + n]
+            shift += 7
+    return KeyValue.FromString(row).key
 
 
 def _embed(tag: bytes, rows: list[bytes]) -> list[bytes]:
@@ -119,6 +151,14 @@ class MvccStore:
         self.events: list[tuple[int, bytes]] | None = None
         """Set to a list to collect ``(Event.EventType, serialized KeyValue as watch sends it)``
         for every change applied; the watch hub drains it."""
+        self.watch_events: list[RevisionEvents] | None = []
+        """``(revision, [serialized mvccpb.Event, ...])`` for every revision applied, events in sub
+        revision order, each with ``prev_kv`` when etcd's watch would find one (the key's value at
+        revision - 1; none for a create). The storage actor drains it after each batch and hands
+        it to the watch hub; set to None to stop collecting (saves a row read per put)."""
+        self._rev_events: list[bytes] = []  # events of the write in progress
+        # While a write applies: key -> its row before this revision (None: absent), for prev_kv
+        self._before: dict[bytes, bytes | None] = {}
         self._handlers: dict[int, Callable[[Message], Message]] = {
             Method.RANGE: self.range,
             Method.PUT: self.put,
@@ -396,12 +436,92 @@ class MvccStore:
         revs = self._index.revisions(key, range_end, self.revision)
         return [KeyValue.FromString(row) for row in self._rows(revs)] if revs else []
 
+    # -- watch history ---------------------------------------------------------------------------
+
+    def history(
+        self, key: bytes, range_end: bytes, start_rev: int, end_rev: int, limit: int
+    ) -> tuple[list[RevisionEvents], int]:
+        """The events of revisions ``[start_rev, end_rev]`` on keys of the range, as
+        :attr:`watch_events` has them (``prev_kv`` filled), for a watcher catching up.
+
+        ``range_end`` follows etcd: empty = just ``key``, ``b"\\0"`` = every key >= ``key``. Only
+        whole revisions, and only committed rows (the caller commits first). Stops at the first
+        revision boundary once about ``limit`` events are found or :data:`HISTORY_SCAN_ROWS` rows
+        were read; returns ``(revisions, next_rev)``, ``next_rev`` being the first revision not
+        read yet (> ``end_rev`` when done).
+
+        Raises ``COMPACTED`` when ``start_rev < compact_revision``: etcd's rule (watcher_group.go
+        chooseAll, ``w.minRev < compactRev``), so a watch may restart AT the compact revision, as
+        clients do after a compaction. Like etcd, that revision then holds only what compaction
+        kept of it: no tombstones, no values superseded in it, no prev_kv (revision - 1 is gone).
+        """
+        if start_rev < self.compact_revision:
+            raise errors.COMPACTED.copy()
+        if start_rev > end_rev:
+            return [], max(start_rev, end_rev + 1)
+        single, from_key = not range_end, range_end == b"\0"
+        found: list[tuple[int, int, bytes, bytes | None]] = []  # (revision, kind, kv row, prev_kv revision)
+        compact, index = self.compact_revision, self._index
+        scanned = 0
+        next_rev = end_rev + 1
+        current = -1
+        for row_key, value in self._backend.scan_kv(revision_key(max(start_rev, 0)), revision_bound(end_rev)):
+            main = main_revision(row_key)
+            if main != current:
+                if scanned and (len(found) >= limit or scanned >= HISTORY_SCAN_ROWS):  # >= 1 revision
+                    next_rev = main
+                    break
+                current = main
+            scanned += 1
+            k = _row_key(value)
+            if (k != key) if single else (k < key or not (from_key or k < range_end)):
+                continue
+            # prev_kv as etcd's watch server finds it: a range at revision - 1, none when compacted
+            before = index.get(k, main - 1) if main - 1 >= compact else None
+            if len(row_key) == REVISION_SIZE:
+                kv = KeyValue.FromString(value)
+                found.append((main, EVENT_PUT, value, None if kv.create_revision == main else before))
+            else:
+                gone = KeyValue(key=k, mod_revision=main).SerializeToString()
+                found.append((main, EVENT_DELETE, gone, before))
+        prev_revs = [rev for _, _, _, rev in found if rev is not None]
+        prev_rows = iter(self._rows(prev_revs) if prev_revs else ())
+        out: list[RevisionEvents] = []
+        for main, kind, row, rev in found:
+            ev = _event(kind, row, None if rev is None else next(prev_rows))
+            if out and out[-1][0] == main:
+                out[-1][1].append(ev)
+            else:
+                out.append((main, [ev]))
+        return out, next_rev
+
     # -- writes ----------------------------------------------------------------------------------
 
     def _end_write(self) -> None:
         if self._changes:
             self.revision += 1
             self._changes = 0
+            if self._rev_events:
+                if self.watch_events is not None:
+                    self.watch_events.append((self.revision, self._rev_events))
+                self._rev_events = []
+            self._before.clear()
+
+    def _prev(self, key: bytes, read: bytes | None) -> bytes | None:
+        """The row of ``key`` before the write in progress (``read``: its latest row, if known).
+
+        A key changed twice in one revision (a from-key delete and a put in one txn, which
+        etcd's overlap check lets through) gets, like in etcd, the value at revision - 1 both times.
+        """
+        before = self._before
+        if key in before:
+            return before[key]
+        if read is None:
+            latest = self._index.latest(key)
+            if latest is not None:
+                read = self._rows([latest[0]])[0]
+        before[key] = read
+        return read
 
     def _rollback(self, events: int) -> None:
         """Forget every change of the txn in progress (index, pending rows, events)."""
@@ -417,6 +537,8 @@ class MvccStore:
                     table.attach(lease, key)
         self._lease_undo.clear()
         self._changes = 0
+        self._rev_events = []
+        self._before.clear()
         if self.events is not None:
             del self.events[events:]
 
@@ -424,13 +546,14 @@ class MvccStore:
         """The body of a put (lease existence already checked); raises before writing anything."""
         key, value, lease = req.key, req.value, req.lease
         ignore_value, ignore_lease = req.ignore_value, req.ignore_lease
+        prev_row = None
         if ignore_value or ignore_lease or req.prev_kv:
             latest = self._index.latest(key)
             if latest is None:
                 if ignore_value or ignore_lease:
                     raise errors.KEY_NOT_FOUND
             else:
-                row = self._rows([latest[0]])[0]
+                row = prev_row = self._rows([latest[0]])[0]
                 if req.prev_kv:
                     resp.prev_kv.ParseFromString(row)
                 if ignore_value or ignore_lease:
@@ -440,6 +563,9 @@ class MvccStore:
                     if ignore_lease:
                         lease = prev.lease
         main = self.revision + 1
+        watch = self.watch_events is not None
+        if watch:
+            prev_row = self._prev(key, prev_row)
         rev = ((main << 64) | self._changes).to_bytes(REVISION_SIZE, "big")
         created, version = self._index.put(key, rev)
         if self._undo is not None:
@@ -461,6 +587,8 @@ class MvccStore:
                     table.attach(lease, key)
         if self.events is not None:
             self.events.append((EVENT_PUT, row))
+        if watch:  # a create event has no prev_kv in etcd, even when the key lived at revision - 1
+            self._rev_events.append(_event(EVENT_PUT, row, None if created == main else prev_row))
         resp.header.revision = main
 
     def _delete_range(self, req: rpc_pb2.DeleteRangeRequest, resp: rpc_pb2.DeleteRangeResponse) -> None:
@@ -468,16 +596,19 @@ class MvccStore:
         live = self._index.range(req.key, req.range_end, at)
         if live:
             parts = [b"\x10" + _varint(len(live))]
+            watch = self.watch_events is not None
+            rows = self._rows([rev for _, rev in live]) if req.prev_kv or watch else []
             if req.prev_kv:
-                parts += _embed(b"\x1a", self._rows([rev for _, rev in live]))
+                parts += _embed(b"\x1a", rows)
             resp.MergeFromString(b"".join(parts))
             main = self.revision + 1
             index, put_kv, events = self._index, self._backend.put_kv, self.events
             undo, table = self._undo, self._leases
-            for key, _ in live:
+            for i, (key, _) in enumerate(live):
                 if undo is not None:
                     _, created, version = index.latest(key)
                     undo.append((key, created, version))
+                prev_row = self._prev(key, rows[i]) if watch else None
                 tomb = index.tombstone(key, ((main << 64) | self._changes).to_bytes(REVISION_SIZE, "big"))
                 put_kv(tomb, KeyValue(key=key).SerializeToString())
                 self._changes += 1
@@ -487,8 +618,12 @@ class MvccStore:
                         if undo is not None:
                             self._lease_undo.append((key, lease))
                         table.detach(lease, key)
-                if events is not None:
-                    events.append((EVENT_DELETE, KeyValue(key=key, mod_revision=main).SerializeToString()))
+                if events is not None or watch:
+                    gone = KeyValue(key=key, mod_revision=main).SerializeToString()
+                    if events is not None:
+                        events.append((EVENT_DELETE, gone))
+                    if watch:
+                        self._rev_events.append(_event(EVENT_DELETE, gone, prev_row))
         resp.header.revision = self.revision + 1 if self._changes else self.revision
 
     # -- txn -------------------------------------------------------------------------------------

@@ -61,8 +61,7 @@ class WatchActor(Actor):
             elif kind == Kind.RESULT:
                 for read_id, _, body in records:
                     revisions, next_rev, compacted = decode_history(body)
-                    compact = compacted if compacted >= 0 else None
-                    self._do(hub.on_history(read_id, revisions, next_rev, compact_revision=compact))
+                    self._do(hub.on_history(read_id, revisions, next_rev, compact_revision=compacted))
 
     def _stream_request(self, record: Record) -> None:
         stream, method, body = record
