@@ -15,6 +15,18 @@ actor loop draining a batch, and may crash right after persisting but before sen
 restarts from the MemoryLog's saved hard state and entries plus the durably applied index; leader
 transfers. Clients propose unique values and issue ReadIndex reads.
 
+Snapshots: nodes take state-machine snapshots at random applied points (``core.compact``) and drop
+their log prefix (sometimes keeping a tail); a follower that needs compacted entries gets a
+snapshot: the leader's shell "streams" the data (a transfer that takes a few ticks and may fail,
+be cut by a partition or die with either end) and reports the outcome (``report_snapshot``); the
+follower installs it from its Ready (state machine replaced, ``MemoryLog.apply_snapshot``).
+The state machine is the list of applied entries, so a snapshot's data is the applied prefix.
+
+Membership: the leader is asked to add learners and voters (fresh ids: a new node starts with an
+empty log and configuration and catches up by log or snapshot), promote learners (refused while
+not in sync), remove learners, voters and itself. Like etcd's peer transport, a node drops
+messages from members it has applied the removal of.
+
 Checked after every step (each one incremental, so a run stays cheap):
   * election safety: at most one leader per term, ever;
   * log matching: every entry that enters any log agrees with the one global (index, term) ->
@@ -27,21 +39,34 @@ Checked after every step (each one incremental, so a run stays cheap):
     strictly in order;
   * commit never goes backwards (within a run of a node, and in what it persists), terms never go
     backwards, a node never votes for two candidates in one term (persisted votes);
-  * ReadIndex: a read's index is at least the commit index known anywhere when it was issued.
+  * ReadIndex: a read's index is at least the commit index known anywhere when it was issued;
+  * snapshots: a snapshot taken or installed equals the committed prefix (index, term, every
+    applied entry) and its configuration is the one in force at its index;
+  * configuration: the result a leader records in a change is the change applied to the committed
+    configuration before it; every node's configuration equals the committed one at its applied
+    index (after each applied change, install and restart).
 At the end the network heals and every node restarts; the run must converge (one leader, equal
-logs applied everywhere) and every acknowledged proposal must be applied on every node.
+logs applied on every member of the final configuration) and every acknowledged proposal must be
+applied on every member.
+
+:class:`Cluster` at the end is a lossless, synchronous harness with the same shell duties (install,
+apply configuration changes, stream and report snapshots) for the unit tests.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import random
 from dataclasses import dataclass, field
 
-from actors.raft.core import Entry, Message, NotLeader, RaftCore, Ready, Role
-from actors.raft.log import MemoryLog
+from actors.raft.confchange import ConfChange, ConfChangeError, ConfChangeType, apply_to
+from actors.raft.core import Entry, Message, MsgType, NotLeader, RaftCore, Ready, Role, snapshot_of
+from actors.raft.log import Compacted, ConfState, MemoryLog, Snapshot
 
 ENTRY_NORMAL = 0
+ENTRY_CONF_CHANGE = 2
+MAX_VOTERS = 7
 
 
 class SimFailure(AssertionError):
@@ -76,14 +101,42 @@ class SimConfig:
     p_isolate_leader: float = 0.0  # per tick: cut a current leader off from everyone (leader churn)
     leader_crash_bias: float = 0.0  # chance a crash picks a leader (if any) instead of a random node
     p_crash_new_leader: float = 0.0  # chance a new leader persists its no-op, then dies before sending it
+    p_compact: float = 0.0  # per tick: a random node snapshots its state machine and compacts its log
+    keep_tail: tuple[int, ...] = (0,)  # entries kept below a snapshot (one picked per compaction)
+    p_snap_fail: float = 0.1  # chance a snapshot transfer fails
+    p_conf: float = 0.0  # per tick: ask the leader for a membership change
+    max_members: int = 0  # fresh ids available to joiners: ids nodes+1 .. max_members
     full_check_every: int = 25
 
     @classmethod
-    def from_seed(cls, seed: int, nodes: int, ticks: int = 200) -> SimConfig:
-        """A config whose fault mix and raft options vary with the seed (deterministically)."""
+    def from_seed(
+        cls,
+        seed: int,
+        nodes: int,
+        ticks: int = 200,
+        snapshots: bool | None = None,
+        membership: bool | None = None,
+    ) -> SimConfig:
+        """A config whose fault mix and raft options vary with the seed (deterministically).
+
+        ``snapshots``/``membership`` force those features on or off (None: the seed decides; about
+        two thirds of the seeds compact their logs, half change membership).
+        """
         r = random.Random(seed ^ 0x5EED)
         churn = r.random() < 0.3  # a third of the seeds: frequent leader loss, so many terms overlap
+        r2 = random.Random(seed ^ 0x5AA9)  # separate stream: the older knobs stay what they were per seed
+        snaps = r2.random() < 0.65 if snapshots is None else snapshots
+        members = r2.random() < 0.5 if membership is None else membership
+        p_compact = r2.choice((0.05, 0.15, 0.4)) if snaps else 0.0
+        keep_tail = r2.choice(((0,), (0, 2), (0, 5, 20)))
+        p_snap_fail = r2.choice((0.0, 0.1, 0.3))
+        p_conf = r2.choice((0.03, 0.08)) if members else 0.0
         return cls(
+            p_compact=p_compact,
+            keep_tail=keep_tail,
+            p_snap_fail=p_snap_fail,
+            p_conf=p_conf,
+            max_members=nodes + 4 if members else nodes,
             nodes=nodes,
             ticks=ticks,
             pre_vote=r.random() < 0.8,
@@ -110,7 +163,11 @@ class SimNode:
 
     id: int
     disk: MemoryLog
+    bootstrap: tuple[int, ...] = ()  # the configuration it was started with (empty for a joiner)
     applied: list[Entry] = field(default_factory=list)  # the durable state machine: entries applied in order
+    removed: set[int] = field(default_factory=set)  # ids whose removal this state machine applied
+    snap: tuple[Snapshot, tuple[Entry, ...]] | None = None  # the newest checkpoint: metadata and data
+    staged: tuple[int, int, tuple[Entry, ...]] | None = None  # snapshot data received, not installed yet
     core: RaftCore | None = None
     dirty: bool = False  # steps happened whose Ready was not processed yet
     crash_after_persist: bool = False
@@ -127,10 +184,13 @@ class Sim:
         self.seed = seed
         self.cfg = cfg
         self.rng = random.Random(seed)
-        self.ids = list(range(1, cfg.nodes + 1))
-        self.nodes = {i: SimNode(i, MemoryLog()) for i in self.ids}
+        self.ids = list(range(1, cfg.nodes + 1))  # every node ever started
+        boot = tuple(self.ids)
+        self.nodes = {i: SimNode(i, MemoryLog(), boot) for i in self.ids}
+        self.next_id = cfg.nodes + 1
         self.now = 0
         self.net: list[tuple[int, float, int, Message]] = []
+        self.transfers: list[tuple[int, int, Message, tuple[Entry, ...], int]] = []  # snapshot streams
         self.seq = 0
         self.cut: set[tuple[int, int]] = set()  # directed links that drop messages
         self.faulty = True
@@ -140,12 +200,27 @@ class Sim:
         self.entry_map: dict[tuple[int, int], tuple[int, int, bytes]] = {}
         self.committed: list[Entry | None] = [None]  # index -> the committed entry (by any node)
         self.commit_terms: list[int] = [0]  # index -> term of the leader that committed it
+        self.conf_index: list[int] = [0]  # committed configurations: from index conf_index[k] on ...
+        self.conf_states: list[ConfState] = [ConfState(boot, ())]  # ... conf_states[k] is in force
         self.votes: dict[tuple[int, int], int] = {}  # (node, term) -> persisted vote
         self.proposed: dict[bytes, int] = {}  # value -> proposing node
         self.acked: set[bytes] = set()
         self.reads: dict[bytes, tuple[int, int]] = {}  # ctx -> (node, least acceptable read index)
         self.next_value = 0
-        self.stats = {"steps": 0, "msgs": 0, "elections": 0, "acked": 0, "reads": 0, "crashes": 0}
+        self.stats = {
+            "steps": 0,
+            "msgs": 0,
+            "elections": 0,
+            "acked": 0,
+            "reads": 0,
+            "crashes": 0,
+            "compactions": 0,
+            "snap_sent": 0,
+            "snap_failed": 0,
+            "snap_installed": 0,
+            "conf_proposed": 0,
+            "conf_committed": 0,
+        }
         self.trace: list[tuple] = []
         for n in self.nodes.values():
             self._start(n)
@@ -164,12 +239,16 @@ class Sim:
         if len(tr) > 400:
             del tr[:200]
 
+    def conf_at(self, index: int) -> ConfState:
+        """The committed configuration in force at ``index``."""
+        return self.conf_states[bisect.bisect_right(self.conf_index, index) - 1]
+
     def _start(self, n: SimNode) -> None:
         cfg = self.cfg
         n.incarnation += 1
         n.core = RaftCore(
             n.id,
-            self.ids,
+            n.bootstrap,
             n.disk,
             random.Random(self.rng.getrandbits(64)),
             election_tick=cfg.election_tick,
@@ -182,13 +261,30 @@ class Sim:
         )
         n.dirty = False
         n.crash_after_persist = False
+        n.staged = None
         n.commit_seen = n.core.commit_index
+        self._check_conf(n, "restart")
+
+    def _check_conf(self, n: SimNode, when: str) -> None:
+        applied = n.core.applied_index
+        if applied >= len(self.committed):
+            return
+        got = n.core.conf_state
+        want = self.conf_at(applied)
+        inner = ConfState(tuple(n.core.voters), tuple(n.core.learners))
+        if got == want and inner == want:
+            return
+        first_change = self.conf_index[1] if len(self.conf_index) > 1 else len(self.committed)
+        if not n.bootstrap and not got.voters and not got.learners and applied < first_change:
+            return  # a joiner knows no configuration until it applies a change or installs a snapshot
+        self.fail(f"{when}: {n.id} has configuration {got} ({inner}) at {applied}, committed {want}")
 
     def _crash(self, n: SimNode) -> None:
         self._note("crash", n.id)
         self.stats["crashes"] += 1
         n.core = None
         n.dirty = False
+        n.staged = None
 
     def _send(self, m: Message) -> None:
         cfg = self.cfg
@@ -201,13 +297,56 @@ class Sim:
             self.seq += 1
             heapq.heappush(self.net, (at, r.random(), self.seq, m))
 
+    def _send_snapshot(self, n: SimNode, m: Message) -> None:
+        """The shell streams the data of its newest checkpoint; the transfer takes a few ticks."""
+        if n.snap is None or n.snap[0].index != m.index or n.snap[0].term != m.log_term:
+            self.fail(f"{n.id} sends snapshot {m.index}/{m.log_term} but holds {n.snap and n.snap[0]}")
+        self.stats["snap_sent"] += 1
+        self._note("snap_send", n.id, m.to, m.index)
+        at = self.now + self.rng.randint(0, self.cfg.max_delay + 2)
+        self.seq += 1
+        heapq.heappush(self.transfers, (at, self.seq, m, n.snap[1], n.incarnation))
+
+    def _run_transfers(self) -> None:
+        tr = self.transfers
+        r = self.rng
+        while tr and tr[0][0] <= self.now:
+            _, _, m, data, inc = heapq.heappop(tr)
+            src = self.nodes[m.frm]
+            dst = self.nodes[m.to]
+            ok = (
+                not (self.faulty and r.random() < self.cfg.p_snap_fail)
+                and dst.core is not None
+                and (m.frm, m.to) not in self.cut
+                and (m.to, m.frm) not in self.cut
+                and m.frm not in dst.removed
+            )
+            if ok:
+                dst.staged = (m.index, m.log_term, data)
+                dst.core.step(m)
+                self._after_step(dst)
+            else:
+                self.stats["snap_failed"] += 1
+            if src.core is not None and src.incarnation == inc:
+                src.core.report_snapshot(m.to, ok)
+                self._after_step(src)
+
     # ------------------------------------------------------------------ ready processing and checks
 
     def _after_step(self, n: SimNode) -> None:
         """Checks that read only the core's in-memory state, after any step/tick/proposal."""
-        core = n.core
-        assert core is not None
+        if n.core is None:
+            return
         self.stats["steps"] += 1
+        self._observe(n)
+        if self.faulty and self.rng.random() < self.cfg.p_defer:
+            n.dirty = True
+        else:
+            self._process_ready(n)
+
+    def _observe(self, n: SimNode) -> None:
+        """Election safety and commits, after anything that may change them (steps, applied changes)."""
+        core = n.core
         if core.role == Role.LEADER:
             t = core.term
             other = self.leaders.get(t)
@@ -226,16 +365,12 @@ class Sim:
         if c > n.commit_seen:
             self._check_commits(n, n.commit_seen + 1, c)
             n.commit_seen = c
-        if self.faulty and self.rng.random() < self.cfg.p_defer:
-            n.dirty = True
-        else:
-            self._process_ready(n)
 
     def _check_new_leader(self, n: SimNode) -> None:
         log = n.core.raft_log
         term = n.core.term
         ct = self.commit_terms
-        for i in range(1, len(self.committed)):
+        for i in range(max(1, log.first_index() - 1), len(self.committed)):
             e = self.committed[i]
             if ct[i] < term and log.term(i) != e.term:
                 self.fail(
@@ -243,8 +378,16 @@ class Sim:
                 )
 
     def _check_commits(self, n: SimNode, lo: int, hi: int) -> None:
-        ents = n.core.raft_log.entries(lo, hi + 1)
+        log = n.core.raft_log
         committed = self.committed
+        first = log.first_index()
+        if lo < first:
+            # the commit index jumped over a snapshot received from the leader
+            si = first - 1
+            if si >= len(committed) or committed[si].term != log.term(si):
+                self.fail(f"{n.id} commits snapshot {si}/{log.term(si)} that is not the committed prefix")
+            lo = first
+        ents = log.entries(lo, hi + 1)
         for e in ents:
             i = e.index
             if i < len(committed):
@@ -263,15 +406,35 @@ class Sim:
                     self.fail(f"{n.id} ({n.core.role.value}) is the first to see {i}/{e.term} committed")
                 cterm = n.core.term
                 self.commit_terms.append(cterm)
+                if e.type == ENTRY_CONF_CHANGE:
+                    self._commit_conf(e)
                 for m in self.nodes.values():
                     mc = m.core
-                    if (
-                        mc is not None
-                        and mc.role == Role.LEADER
-                        and mc.term > cterm
-                        and mc.raft_log.term(i) != e.term
-                    ):
-                        self.fail(f"leader completeness: leader {m.id} (term {mc.term}) lacks {i}/{e.term}")
+                    if mc is not None and mc.role == Role.LEADER and mc.term > cterm:
+                        try:
+                            t = mc.raft_log.term(i)
+                        except Compacted:
+                            continue
+                        if t != e.term:
+                            self.fail(
+                                f"leader completeness: leader {m.id} (term {mc.term}) lacks {i}/{e.term}"
+                            )
+
+    def _commit_conf(self, e: Entry) -> None:
+        cc = ConfChange.from_entry(e)
+        before = self.conf_states[-1]
+        want = apply_to(before, cc)
+        if cc.result != want:
+            self.fail(
+                f"change {e.index} records {cc.result}, {cc.type.name} {cc.node_id} of {before} is {want}"
+            )
+        self.stats["conf_committed"] += 1
+        key = "conf_" + cc.type.name.lower()
+        self.stats[key] = self.stats.get(key, 0) + 1
+        self._note("conf_commit", e.index, cc.type.name, cc.node_id)
+        if want != before:
+            self.conf_index.append(e.index)
+            self.conf_states.append(want)
 
     def _process_ready(self, n: SimNode) -> None:
         core = n.core
@@ -284,9 +447,53 @@ class Sim:
                 return
             for m in rd.messages:
                 self.stats["msgs"] += 1
-                self._send(m)
+                if m.type == MsgType.SNAP:
+                    self._send_snapshot(n, m)
+                else:
+                    self._send(m)
             self._apply(n, rd)
             core.advance(rd)
+            if rd.snapshot is not None:
+                self._check_conf(n, "install")
+            self._observe(n)  # an applied configuration change may commit entries (a smaller quorum)
+        if n.id in n.removed and core.role == Role.LEADER:
+            self.fail(f"{n.id} leads after applying its own removal")
+
+    def _install(self, n: SimNode, snap: Snapshot) -> None:
+        """The shell installs a snapshot: state machine first, then the log."""
+        st = n.staged
+        if st is None or st[0] != snap.index or st[1] != snap.term:
+            self.fail(
+                f"{n.id} must install snapshot {snap.index}/{snap.term} without its data ({st and st[:2]})"
+            )
+        data = st[2]
+        self._check_snapshot_data(n, snap, data, "install")
+        n.staged = None
+        n.applied = list(data)
+        n.removed = {
+            cc.node_id
+            for cc in (ConfChange.from_entry(e) for e in data if e.type == ENTRY_CONF_CHANGE)
+            if cc.type == ConfChangeType.REMOVE
+        }
+        n.snap = (snap, data)
+        n.disk.apply_snapshot(snap)
+        self.stats["snap_installed"] += 1
+        self._note("snap_install", n.id, snap.index)
+
+    def _check_snapshot_data(self, n: SimNode, snap: Snapshot, data: tuple[Entry, ...], when: str) -> None:
+        committed = self.committed
+        if len(data) != snap.index or snap.index >= len(committed):
+            self.fail(
+                f"{when}: {n.id} snapshot {snap.index} has {len(data)} entries, {len(committed) - 1} known"
+            )
+        if data and data[-1].term != snap.term:
+            self.fail(f"{when}: {n.id} snapshot term {snap.term}, its last entry has {data[-1].term}")
+        for e in data:
+            c = committed[e.index]
+            if c.term != e.term or c.data != e.data:
+                self.fail(f"{when}: {n.id} snapshot holds {e.index}/{e.term}, committed {c.term}")
+        if snap.conf_state != self.conf_at(snap.index):
+            self.fail(f"{when}: {n.id} snapshot conf {snap.conf_state}, committed {self.conf_at(snap.index)}")
 
     def _persist(self, n: SimNode, rd: Ready) -> None:
         hs = rd.hard_state
@@ -301,6 +508,8 @@ class Sim:
                 prev = self.votes.setdefault((n.id, hs.term), hs.vote)
                 if prev != hs.vote:
                     self.fail(f"{n.id} voted for {prev} and {hs.vote} in term {hs.term}")
+        if rd.snapshot is not None:
+            self._install(n, rd.snapshot)
         if rd.entries:
             emap = self.entry_map
             log = n.core.raft_log
@@ -327,8 +536,20 @@ class Sim:
             if c.term != e.term or c.data != e.data:
                 self.fail(f"state machine safety: {n.id} applies {e.index}/{e.term}, committed {c.term}")
             applied.append(e)
-            if e.type == ENTRY_NORMAL and self.proposed.get(e.data) == n.id and e.data not in self.acked:
-                self.acked.add(e.data)
+            if e.type == ENTRY_NORMAL:
+                if self.proposed.get(e.data) == n.id and e.data not in self.acked:
+                    self.acked.add(e.data)
+            elif e.type == ENTRY_CONF_CHANGE:
+                cc = ConfChange.from_entry(e)
+                was_leader = n.core.role == Role.LEADER
+                cs = n.core.apply_conf_change(cc)
+                if was_leader and cc.type == ConfChangeType.REMOVE and cc.node_id == n.id:
+                    self.stats["leader_removed"] = self.stats.get("leader_removed", 0) + 1
+                    self._note("leader_removed", n.id)
+                if cs != self.conf_at(e.index):
+                    self.fail(f"{n.id} applies change {e.index} into {cs}, committed {self.conf_at(e.index)}")
+                if cc.type == ConfChangeType.REMOVE:
+                    n.removed.add(cc.node_id)
         for rs in rd.read_states:
             req = self.reads.pop(rs.context, None)
             if req is None:
@@ -360,8 +581,8 @@ class Sim:
 
     def _deliver(self, m: Message) -> None:
         n = self.nodes[m.to]
-        if n.core is None or (m.frm, m.to) in self.cut:
-            return
+        if n.core is None or (m.frm, m.to) in self.cut or m.frm in n.removed:
+            return  # down, cut off, or (like etcd's peer handler) from a member it knows was removed
         n.core.step(m)
         self._after_step(n)
 
@@ -393,16 +614,17 @@ class Sim:
         r = self.rng
         live = [n for n in self.nodes.values() if n.core is not None]
         down = [n for n in self.nodes.values() if n.core is None]
+        ids = self.ids
         if r.random() < cfg.p_partition:
             if r.random() < 0.5:
-                side = set(r.sample(self.ids, r.randint(1, len(self.ids) // 2)))
-                for a in self.ids:
-                    for b in self.ids:
+                side = set(r.sample(ids, r.randint(1, len(ids) // 2)))
+                for a in ids:
+                    for b in ids:
                         if (a in side) != (b in side):
                             self.cut.add((a, b))
                 self._note("partition", sorted(side))
             else:
-                a, b = r.sample(self.ids, 2)
+                a, b = r.sample(ids, 2)
                 self.cut.add((a, b))
                 self._note("cut", a, b)
         if self.cut and r.random() < cfg.p_heal:
@@ -412,7 +634,7 @@ class Sim:
             leaders = [n for n in live if n.core.role == Role.LEADER]
             if leaders:
                 n = r.choice(leaders)
-                for b in self.ids:
+                for b in ids:
                     if b != n.id:
                         self.cut.add((n.id, b))
                         self.cut.add((b, n.id))
@@ -429,6 +651,88 @@ class Sim:
             n = r.choice(down)
             self._note("restart", n.id)
             self._start(n)
+
+    def _compact(self) -> None:
+        """A random node snapshots its state machine at an applied index and drops its log prefix."""
+        r = self.rng
+        live = [n for n in self.nodes.values() if n.core is not None and not n.dirty]
+        if not live:
+            return
+        n = r.choice(live)
+        core = n.core
+        if core.raft_log.pending_snapshot is not None:
+            return
+        lo = n.disk.snapshot().index + 1
+        hi = core.applied_index
+        if hi < lo:
+            return
+        index = hi if r.random() < 0.5 else r.randint(lo, hi)
+        try:
+            snap = core.compact(index)
+        except ValueError:
+            if n.bootstrap:
+                raise
+            return  # a joiner does not know the configuration before the first change it applied
+        data = tuple(n.applied[:index])
+        self._check_snapshot_data(n, snap, data, "compact")
+        keep = r.choice(self.cfg.keep_tail)
+        upto = max(n.disk.first_index(), index + 1 - keep)
+        n.disk.compact(upto, snap)
+        n.snap = (snap, data)
+        self.stats["compactions"] += 1
+        self._note("compact", n.id, index, upto)
+
+    def _membership(self) -> None:
+        """Ask the newest leader for a membership change (refusals are part of the test)."""
+        r = self.rng
+        leaders = [n for n in self.nodes.values() if n.core is not None and n.core.role == Role.LEADER]
+        if not leaders:
+            return
+        lead = max(leaders, key=lambda n: n.core.term)
+        core = lead.core
+        cs = core.conf_state
+        options: list[str] = []
+        fresh = self.next_id <= self.cfg.max_members
+        if fresh:
+            options.append("add_learner")
+            if len(cs.voters) < MAX_VOTERS:
+                options.append("add_voter")
+        if cs.learners:
+            options += ["promote", "promote", "remove_learner"]
+        if len(cs.voters) > 1:
+            options.append("remove_voter")
+            if len(cs.voters) > 2:
+                options.append("remove_leader")
+        if not options:
+            return
+        what = r.choice(options)
+        if what == "add_learner" or what == "add_voter":
+            node = self.next_id
+            typ = ConfChangeType.ADD_LEARNER if what == "add_learner" else ConfChangeType.ADD_VOTER
+        elif what == "promote":
+            node, typ = r.choice(cs.learners), ConfChangeType.PROMOTE_LEARNER
+        elif what == "remove_learner":
+            node, typ = r.choice(cs.learners), ConfChangeType.REMOVE
+        elif what == "remove_leader":
+            node, typ = lead.id, ConfChangeType.REMOVE
+        else:
+            node, typ = r.choice([v for v in cs.voters if v != lead.id]), ConfChangeType.REMOVE
+        try:
+            index = core.propose_conf_change(ConfChange(typ, node, b"peer-url-%d" % node))
+        except (ConfChangeError, NotLeader) as exc:
+            key = "refused_" + type(exc).__name__
+            self.stats[key] = self.stats.get(key, 0) + 1
+            return
+        self.stats["conf_proposed"] += 1
+        self._note("conf_propose", lead.id, index, typ.name, node)
+        if node == self.next_id:
+            # like `etcdctl member add` followed by starting the new member: empty log, empty configuration
+            self.next_id += 1
+            self.ids.append(node)
+            new = SimNode(node, MemoryLog(), ())
+            self.nodes[node] = new
+            self._start(new)
+        self._after_step(lead)
 
     def _clients(self) -> None:
         cfg = self.cfg
@@ -469,29 +773,44 @@ class Sim:
             leaders = [n for n in live if n.core is not None and n.core.role == Role.LEADER]
             if leaders:
                 n = r.choice(leaders)
-                to = r.choice([i for i in self.ids if i != n.id])
-                self._note("transfer", n.id, to)
-                n.core.transfer_leader(to)
-                self._after_step(n)
+                others = [i for i in n.core.voters if i != n.id]
+                if others:
+                    to = r.choice(others)
+                    self._note("transfer", n.id, to)
+                    n.core.transfer_leader(to)
+                    self._after_step(n)
 
     def _tick(self) -> None:
+        cfg = self.cfg
         if self.faulty:
             self._faults()
         self._clients()
+        if cfg.p_conf and self.rng.random() < cfg.p_conf:
+            self._membership()
+        if cfg.p_compact and self.rng.random() < cfg.p_compact:
+            self._compact()
         self._tick_all()
         self._drain()
+        self._run_transfers()
         self._flush_dirty()
         self._drain()
         self._flush_dirty()
-        if self.now % self.cfg.full_check_every == 0:
+        if self.now % cfg.full_check_every == 0:
             self._full_check()
         self.now += 1
 
     # ------------------------------------------------------------------ run
 
+    def members(self) -> list[int]:
+        """Voters and learners of the newest committed configuration."""
+        cs = self.conf_states[-1]
+        return sorted(cs.voters + cs.learners)
+
     def converged(self) -> bool:
-        """One leader that every node follows, everything committed and applied everywhere."""
-        cores = [n.core for n in self.nodes.values()]
+        """One leader that every member follows, everything committed and applied on every member."""
+        cs = self.conf_states[-1]
+        members = [self.nodes[i] for i in self.members()]
+        cores = [n.core for n in members]
         if any(c is None for c in cores):
             return False
         leaders = [c for c in cores if c.role == Role.LEADER]
@@ -507,6 +826,7 @@ class Sim:
             and c.last_index == last
             and c.commit_index == last
             and c.applied_index == last
+            and c.conf_state == cs
             for c in cores
         )
 
@@ -524,8 +844,8 @@ class Sim:
                 self._start(n)
             elif n.dirty:
                 self._process_ready(n)
-        saved = (cfg.p_drop, cfg.p_dup, cfg.p_transfer)
-        cfg.p_drop = cfg.p_dup = cfg.p_transfer = 0.0
+        saved = (cfg.p_drop, cfg.p_dup, cfg.p_transfer, cfg.p_conf)
+        cfg.p_drop = cfg.p_dup = cfg.p_transfer = cfg.p_conf = 0.0
         quiet_from = cfg.heal_ticks // 2
         for k in range(cfg.heal_ticks):
             if k == quiet_from:
@@ -535,22 +855,26 @@ class Sim:
                 break
         else:
             self.fail("no convergence after healing: " + self._describe())
-        cfg.p_drop, cfg.p_dup, cfg.p_transfer = saved
+        cfg.p_drop, cfg.p_dup, cfg.p_transfer, cfg.p_conf = saved
         self._full_check()
         self._final_check()
         self.stats["acked"] = len(self.acked)
         self.stats["ticks"] = self.now
         self.stats["committed"] = len(self.committed) - 1
+        self.stats["members"] = len(self.members())
         return self.stats
 
     def _final_check(self) -> None:
-        ref = self.nodes[self.ids[0]].applied
-        for n in self.nodes.values():
+        members = self.members()
+        first = members[0]
+        ref = self.nodes[first].applied
+        for i in members:
+            n = self.nodes[i]
             if len(n.applied) != len(ref):
-                self.fail(f"{n.id} applied {len(n.applied)} entries, {self.ids[0]} applied {len(ref)}")
+                self.fail(f"{n.id} applied {len(n.applied)} entries, {first} applied {len(ref)}")
             for a, b in zip(n.applied, ref, strict=True):
                 if a.term != b.term or a.data != b.data:
-                    self.fail(f"{n.id} applied {a.index}/{a.term}, {self.ids[0]} applied {b.index}/{b.term}")
+                    self.fail(f"{n.id} applied {a.index}/{a.term}, {first} applied {b.index}/{b.term}")
         if len(ref) < len(self.committed) - 1:
             self.fail(f"entries committed up to {len(self.committed) - 1}, applied only up to {len(ref)}")
         values = [e.data for e in ref if e.type == ENTRY_NORMAL]
@@ -565,7 +889,7 @@ class Sim:
             self.fail(f"applied values nobody proposed: {sorted(unknown)[:5]}")
 
     def _describe(self) -> str:
-        parts = []
+        parts = [f"members {self.members()}"]
         for n in self.nodes.values():
             c = n.core
             if c is None:
@@ -573,11 +897,168 @@ class Sim:
             else:
                 parts.append(
                     f"{n.id}:{c.role.value} t{c.term} lead{c.leader_id} last{c.last_index} "
-                    f"commit{c.commit_index} applied{c.applied_index}"
+                    f"commit{c.commit_index} applied{c.applied_index} conf{c.voters}/{c.learners}"
                 )
         return "; ".join(parts)
 
 
-def run_seed(seed: int, nodes: int, ticks: int = 200) -> dict[str, int]:
+def run_seed(
+    seed: int, nodes: int, ticks: int = 200, snapshots: bool | None = None, membership: bool | None = None
+) -> dict[str, int]:
     """Run one seed with its derived config; raises SimFailure on any broken invariant."""
-    return Sim(seed, SimConfig.from_seed(seed, nodes, ticks)).run()
+    return Sim(seed, SimConfig.from_seed(seed, nodes, ticks, snapshots, membership)).run()
+
+
+# ---------------------------------------------------------------------- a lossless harness for unit tests
+
+
+@dataclass
+class Member:
+    """One node of a :class:`Cluster`: disk and state machine survive ``crash``/``restart``."""
+
+    id: int
+    bootstrap: tuple[int, ...]
+    disk: MemoryLog = field(default_factory=MemoryLog)
+    applied: list[Entry] = field(default_factory=list)
+    snap: tuple[Snapshot, tuple[Entry, ...]] | None = None
+    staged: tuple[int, int, tuple[Entry, ...]] | None = None
+    core: RaftCore | None = None
+
+
+class Cluster:
+    """Nodes whose shells do all a real shell does, synchronously: persist, send, install snapshots,
+    apply (configuration changes included), stream snapshots and report them. Messages are
+    delivered in FIFO order unless ``drop`` says otherwise; a dropped SNAP is a failed transfer.
+    """
+
+    def __init__(self, voters: list[int], **kw: object) -> None:
+        self.kw = kw
+        self.members: dict[int, Member] = {}
+        self.queue: list[Message] = []
+        self.sent: list[Message] = []
+        self.reports: list[tuple[int, int, bool]] = []  # (leader, peer, ok)
+        self.reads: dict[int, list[tuple[int, bytes]]] = {}  # node -> (read index, context) answered
+        self.drop = lambda m: False
+        for i in voters:
+            self.add(i, tuple(voters))
+
+    def add(self, i: int, bootstrap: tuple[int, ...] = ()) -> Member:
+        """Start node ``i`` (a joiner has an empty bootstrap configuration)."""
+        m = Member(i, bootstrap)
+        self.members[i] = m
+        self.reads.setdefault(i, [])
+        self.restart(i)
+        return m
+
+    def core(self, i: int) -> RaftCore:
+        c = self.members[i].core
+        assert c is not None
+        return c
+
+    def restart(self, i: int) -> RaftCore:
+        m = self.members[i]
+        m.core = RaftCore(i, m.bootstrap, m.disk, random.Random(i), applied=len(m.applied), **self.kw)
+        m.staged = None
+        return m.core
+
+    def crash(self, i: int) -> None:
+        m = self.members[i]
+        m.core = None
+        m.staged = None
+
+    def isolate(self, *ids: int) -> None:
+        cut = set(ids)
+        self.drop = lambda m: (m.frm in cut) != (m.to in cut)
+
+    def heal(self) -> None:
+        self.drop = lambda m: False
+
+    def process(self, i: int) -> None:
+        m = self.members[i]
+        core = m.core
+        if core is None:
+            return
+        while core.has_ready():
+            rd = core.ready()
+            if rd.snapshot is not None:
+                st = m.staged
+                assert st is not None and st[:2] == (rd.snapshot.index, rd.snapshot.term)
+                m.applied = list(st[2])
+                m.snap = (rd.snapshot, st[2])
+                m.staged = None
+                m.disk.apply_snapshot(rd.snapshot)
+            m.disk.save(rd.hard_state, rd.entries)
+            self.queue.extend(rd.messages)
+            self.sent.extend(rd.messages)
+            for e in rd.committed_entries:
+                assert e.index == len(m.applied) + 1, (i, e.index, len(m.applied))
+                m.applied.append(e)
+                if e.type == ENTRY_CONF_CHANGE:
+                    core.apply_conf_change(ConfChange.from_entry(e))
+            self.reads[i].extend((r.index, r.context) for r in rd.read_states)
+            core.advance(rd)
+
+    def deliver(self, limit: int = 100000) -> None:
+        for i in list(self.members):
+            self.process(i)
+        while self.queue and limit:
+            limit -= 1
+            msg = self.queue.pop(0)
+            dst = self.members.get(msg.to)
+            if msg.type == MsgType.SNAP:
+                ok = not self.drop(msg) and dst is not None and dst.core is not None
+                if ok:
+                    src = self.members[msg.frm]
+                    assert src.snap is not None and src.snap[0] == snapshot_of(msg)
+                    dst.staged = (msg.index, msg.log_term, src.snap[1])
+                    dst.core.step(msg)
+                    self.process(msg.to)
+                leader = self.members[msg.frm].core
+                if leader is not None:
+                    self.reports.append((msg.frm, msg.to, ok))
+                    leader.report_snapshot(msg.to, ok)
+                    self.process(msg.frm)
+                continue
+            if self.drop(msg) or dst is None or dst.core is None:
+                continue
+            dst.core.step(msg)
+            self.process(msg.to)
+
+    def tick(self, n: int = 1, only: list[int] | None = None) -> None:
+        for _ in range(n):
+            for i in only or list(self.members):
+                c = self.members[i].core
+                if c is not None:
+                    c.tick()
+            self.deliver()
+
+    def elect(self, i: int) -> RaftCore:
+        c = self.core(i)
+        c.campaign()
+        self.deliver()
+        assert c.role == Role.LEADER
+        return c
+
+    def leader(self) -> RaftCore:
+        leaders = [m.core for m in self.members.values() if m.core is not None and m.core.role == Role.LEADER]
+        assert len(leaders) == 1, [(m.id, m.core and m.core.role) for m in self.members.values()]
+        return leaders[0]
+
+    def put(self, *values: bytes) -> None:
+        """Propose on the leader and let everything settle (one heartbeat round spreads the commit)."""
+        self.leader().propose(list(values))
+        self.deliver()
+        self.tick(self.kw.get("heartbeat_tick", 1))  # type: ignore[arg-type]
+
+    def compact(self, i: int, index: int | None = None, keep: int = 0) -> Snapshot:
+        """Node ``i`` snapshots its state machine at ``index`` (default: applied) and compacts its log."""
+        m = self.members[i]
+        core = self.core(i)
+        index = core.applied_index if index is None else index
+        snap = core.compact(index)
+        m.snap = (snap, tuple(m.applied[:index]))
+        m.disk.compact(max(m.disk.first_index(), index + 1 - keep), snap)
+        return snap
+
+    def values(self, i: int) -> list[bytes]:
+        return [e.data for e in self.members[i].applied if e.type == ENTRY_NORMAL]

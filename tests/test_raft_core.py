@@ -426,4 +426,8 @@ def test_entry_types_match_the_protocol() -> None:
     from actors.protocol import EntryType
     from actors.raft import core
 
-    assert (core.ENTRY_NORMAL, core.ENTRY_EMPTY) == (EntryType.NORMAL, EntryType.EMPTY)
+    assert (core.ENTRY_NORMAL, core.ENTRY_EMPTY, core.ENTRY_CONF_CHANGE) == (
+        EntryType.NORMAL,
+        EntryType.EMPTY,
+        EntryType.CONF_CHANGE,
+    )

@@ -10,7 +10,7 @@ import pytest
 
 from actors.raft.core import RaftCore, Role
 from actors.raft.durable import DurableLog
-from actors.raft.log import Compacted, Entry, HardState, MemoryLog
+from actors.raft.log import Compacted, Entry, HardState, MemoryLog, Snapshot
 
 
 def ents(lo: int, hi: int, term: int) -> list[Entry]:
@@ -31,6 +31,7 @@ def snapshot(log: DurableLog | MemoryLog) -> tuple:
         log.last_index(),
         log.term(log.first_index() - 1),
         [(e.term, e.index, e.type, e.data) for e in log.entries(log.first_index(), log.last_index() + 1)],
+        log.snapshot(),
     )
 
 
@@ -128,10 +129,25 @@ def test_matches_memory_log_under_random_ops(tmp_path: Path) -> None:
                 hs = HardState(term, rng.randint(0, 3), rng.randint(commit, new[-1].index))
             dur.save(hs, new, sync=rng.random() < 0.2)
             mem.save(hs, new)
-        elif op < 0.85:
+        elif op < 0.8:
             upto = rng.randint(mem.first_index(), mem.initial_state().commit + 1)
             dur.compact(upto)
             mem.compact(upto)
+        elif op < 0.85:
+            lo = max(mem.first_index(), mem.snapshot().index + 1)
+            commit = min(mem.initial_state().commit, mem.last_index())
+            if lo <= commit:
+                at = rng.randint(lo, commit)
+                snap = Snapshot(at, mem.term(at), (1, 2, 3), (rng.randint(4, 9),))
+                upto = rng.randint(mem.first_index(), at + 1)
+                dur.compact(upto, snap)
+                mem.compact(upto, snap)
+        elif op < 0.87:
+            at = max(mem.last_index(), mem.snapshot().index) + rng.randint(0, 5)
+            term += 1
+            snap = Snapshot(at, term, (1, 2), ())
+            dur.apply_snapshot(snap)
+            mem.apply_snapshot(snap)
         elif op < 0.9:
             dur = reopen(dur, path, cache_entries=rng.choice((1, 8, 100)))
         assert snapshot(dur) == snapshot(mem), step

@@ -12,6 +12,11 @@ Keys (big-endian indexes sort numerically)::
     b"e" + index:u64be  ->  term:u64 type:u8 data      one entry
     b"m:hs"             ->  term:u64 vote:u64 commit:u64
     b"m:first"          ->  first_index:u64 term_before_first:u64   (written by compact)
+    b"m:snap"           ->  Snapshot.encode()   (metadata of the newest snapshot)
+
+``compact(upto, snapshot)`` records a snapshot the shell took and drops the prefix it covers;
+``apply_snapshot(snapshot)`` (a follower installing one from the leader) drops the whole log.
+Both are one synced WriteBatch.
 
 Scans use ``seek`` plus an upper bound only: ``ReadOptions.set_iterate_lower_bound`` is broken in
 rocksdict 0.3.29 (it overwrites the upper bound).
@@ -23,7 +28,7 @@ import struct
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
-from actors.raft.log import Compacted, Entry, HardState
+from actors.raft.log import EMPTY_SNAPSHOT, Compacted, Entry, HardState, Snapshot, check_snapshot
 
 _KEY = struct.Struct(">BQ")
 _ENT = struct.Struct("<QB")
@@ -32,6 +37,7 @@ _FIRST = struct.Struct("<QQ")
 _E = ord("e")
 _HS_KEY = b"m:hs"
 _FIRST_KEY = b"m:first"
+_SNAP_KEY = b"m:snap"
 _ENTRIES_END = b"f"  # upper bound of every entry key
 
 
@@ -60,6 +66,8 @@ class DurableLog:
         self._hs = HardState(*_HS.unpack(raw)) if raw is not None else HardState(0, 0, 0)
         raw = self._db.get(_FIRST_KEY)
         self._first, self._snap_term = _FIRST.unpack(raw) if raw is not None else (1, 0)
+        raw = self._db.get(_SNAP_KEY)
+        self._snap = Snapshot.decode(raw) if raw is not None else EMPTY_SNAPSHOT
 
         ro = ReadOptions()
         ro.set_iterate_upper_bound(_ENTRIES_END)
@@ -178,22 +186,61 @@ class DurableLog:
                 del cache[:drop]
                 self._cache_first = cf + drop
 
-    def compact(self, upto: int) -> None:
-        """Drop entries with index < ``upto`` (only committed ones); the term before them is kept."""
-        if upto <= self._first:
-            return
-        if upto > self._last + 1 or upto > self._hs.commit + 1:
+    def snapshot(self) -> Snapshot:
+        """Metadata of the newest snapshot recorded."""
+        return self._snap
+
+    def compact(self, upto: int, snapshot: Snapshot | None = None) -> None:
+        """Record ``snapshot`` (if given) and drop entries with index < ``upto`` (only committed ones);
+        the term before them is kept. With a snapshot, ``upto <= snapshot.index + 1``."""
+        if snapshot is not None:
+            check_snapshot(self, snapshot, upto)
+            if snapshot.index <= self._snap.index:
+                snapshot = None
+        drop = upto > self._first
+        if drop and (upto > self._last + 1 or upto > self._hs.commit + 1):
             raise ValueError(f"cannot compact to {upto}: last {self._last}, commit {self._hs.commit}")
-        snap_term = self.term(upto - 1)
+        if not drop and snapshot is None:
+            return
         wb = WriteBatch(raw_mode=True)
-        wb.delete_range(_key(self._first), _key(upto))
-        wb.put(_FIRST_KEY, _FIRST.pack(upto, snap_term))
+        if drop:
+            snap_term = self.term(upto - 1)
+            wb.delete_range(_key(self._first), _key(upto))
+            wb.put(_FIRST_KEY, _FIRST.pack(upto, snap_term))
+        if snapshot is not None:
+            wb.put(_SNAP_KEY, snapshot.encode())
         self._db.write(wb, self._wo_sync)
-        self._first = upto
-        self._snap_term = snap_term
-        if self._cache_first < upto:
-            del self._cache[: upto - self._cache_first]
-            self._cache_first = upto
+        if snapshot is not None:
+            self._snap = snapshot
+        if drop:
+            self._first = upto
+            self._snap_term = snap_term
+            if self._cache_first < upto:
+                del self._cache[: upto - self._cache_first]
+                self._cache_first = upto
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the whole log by ``snapshot`` from the leader (one synced batch): afterwards
+        ``first_index() == snapshot.index + 1``; the saved commit moves up to the snapshot index."""
+        if snapshot.index < self._snap.index:
+            raise ValueError(f"snapshot {snapshot.index} older than the stored one {self._snap.index}")
+        first = snapshot.index + 1
+        wb = WriteBatch(raw_mode=True)
+        wb.delete_range(_key(0), _key(max(self._last, snapshot.index) + 1))
+        wb.put(_FIRST_KEY, _FIRST.pack(first, snapshot.term))
+        wb.put(_SNAP_KEY, snapshot.encode())
+        hs = self._hs
+        if hs.commit < snapshot.index:
+            hs = HardState(hs.term, hs.vote, snapshot.index)
+            wb.put(_HS_KEY, _HS.pack(hs.term, hs.vote, hs.commit))
+        self._db.write(wb, self._wo_sync)
+        self._hs = hs
+        self._first = first
+        self._last = snapshot.index
+        self._snap_term = snapshot.term
+        self._snap = snapshot
+        self._cache = []
+        self._cache_first = first
 
     def close(self) -> None:
         """Close the DB (releases its lock so the directory can be reopened)."""

@@ -217,7 +217,7 @@ class MemoryLog:
         """
         off = self._offset
         if snapshot is not None:
-            _check_snapshot(self, snapshot, upto)
+            check_snapshot(self, snapshot, upto)
         if upto > off and (upto > self.last_index() + 1 or upto > self._hs.commit + 1):
             raise ValueError(f"cannot compact to {upto}: last {self.last_index()}, commit {self._hs.commit}")
         if snapshot is not None and snapshot.index > self._snap.index:
@@ -242,7 +242,7 @@ class MemoryLog:
             self._hs = HardState(hs.term, hs.vote, snapshot.index)
 
 
-def _check_snapshot(log: LogStorage, snapshot: Snapshot, upto: int) -> None:
+def check_snapshot(log: LogStorage, snapshot: Snapshot, upto: int) -> None:
     """A snapshot recorded by ``compact`` must cover ``upto - 1`` and match the log's term at its index."""
     if upto > snapshot.index + 1:
         raise ValueError(f"cannot compact to {upto} with a snapshot at {snapshot.index}")
