@@ -11,6 +11,7 @@ follower forwards to the leader (the envelope of :mod:`actors.protocol`, behind 
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ log = structlog.get_logger()
 
 FORWARD_MAGIC = b"CRNF"
 PEER_HWM = 10000
+FAULT_FILE_ENV = "CAIRN_FAULT_FILE"  # tests only: a file naming peers to cut this member off from
 
 
 def zmq_url(url: str) -> str:
@@ -58,6 +60,27 @@ class PeerTransport:
             if peer != member_id and urls:
                 self.connect(peer, urls[0])
         self.dropped = 0
+        # Fault injection for tests (never set in production): peers listed (hex ids, one per
+        # line) in this file are unreachable in both directions, which makes network partitions.
+        self.fault_file = os.environ.get(FAULT_FILE_ENV)
+        self.fault_mtime = 0.0
+        self.cut: frozenset[int] = frozenset()
+
+    def refresh_faults(self) -> None:
+        """Re-read the fault file if it changed (called on every raft tick, so partitions apply fast)."""
+        if not self.fault_file:
+            return
+        try:
+            mtime = os.stat(self.fault_file).st_mtime
+            if mtime == self.fault_mtime:
+                return
+            with open(self.fault_file) as f:
+                cut = frozenset(int(line, 16) for line in f.read().split())
+        except (OSError, ValueError):
+            cut, mtime = frozenset(), 0.0
+        if cut != self.cut:
+            log.warning("peer_faults_injected", cut=sorted(f"{p:x}" for p in cut))
+        self.cut, self.fault_mtime = cut, mtime
 
     def connect(self, peer: int, url: str) -> None:
         old = self.outbound.pop(peer, None)
@@ -77,7 +100,7 @@ class PeerTransport:
 
     def _send(self, peer: int, frame: bytes) -> None:
         sock = self.outbound.get(peer)
-        if sock is None:
+        if sock is None or peer in self.cut:
             self.dropped += 1
             return
         try:
@@ -97,7 +120,8 @@ class PeerTransport:
         """Hand proposals to the leader; False when there is no link to it."""
         if leader not in self.outbound:
             return False
-        self._send(leader, FORWARD_MAGIC + pack(Kind.PROPOSE, proposals, aux=self.cluster_id))
+        sender = self.member_id.to_bytes(8, "big")
+        self._send(leader, FORWARD_MAGIC + sender + pack(Kind.PROPOSE, proposals, aux=self.cluster_id))
         return True
 
     def receive(self, messages: list[list[bytes]]) -> tuple[list[Message], list[Record]]:
@@ -108,12 +132,19 @@ class PeerTransport:
             frame = parts[-1]
             try:
                 if frame.startswith(FORWARD_MAGIC):
-                    kind, cluster, records = unpack(frame[len(FORWARD_MAGIC) :])
+                    start = len(FORWARD_MAGIC) + 8
+                    sender = int.from_bytes(frame[len(FORWARD_MAGIC) : start], "big")
+                    kind, cluster, records = unpack(frame[start:])
                     if kind != Kind.PROPOSE or cluster != self.cluster_id:
                         raise MalformedFrame("forwarded proposals from another cluster")
-                    forwarded.extend(records)
+                    if sender not in self.cut:
+                        forwarded.extend(records)
                 else:
-                    raft.extend(m for m in codec.decode(self.cluster_id, frame) if m.to == self.member_id)
+                    raft.extend(
+                        m
+                        for m in codec.decode(self.cluster_id, frame)
+                        if m.to == self.member_id and m.frm not in self.cut
+                    )
             except MalformedFrame as e:
                 log.warning("peer_frame_dropped", error=str(e), size=len(frame))
         return raft, forwarded
