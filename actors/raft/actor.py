@@ -23,8 +23,9 @@ from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
 from actors.protocol import Kind, Method, Record, encode_proposal, unpack
-from actors.raft.core import NotLeader, RaftCore
+from actors.raft.core import NotLeader, RaftCore, Ready
 from actors.raft.durable import DurableLog
+from actors.raft.syncer import LogSyncer
 from actors.raft.transport import PeerTransport
 
 log = structlog.get_logger()
@@ -65,6 +66,8 @@ class RaftActor(Actor):
         path = os.path.join(settings.data_dir, "member", "raft")
         os.makedirs(path, exist_ok=True)
         self.log = DurableLog(path)
+        self.syncer = LogSyncer(ctx, self.log.sync)
+        self.syncing: Ready | None = None  # the Ready whose fsync is under way
         self.core = RaftCore(
             settings.member_id,
             [m.id for m in settings.members],
@@ -95,9 +98,15 @@ class RaftActor(Actor):
         self._drain_ready()
 
     def sockets(self) -> Sequence[zmq.Socket]:
-        return (self.inbox, self.transport.inbound)
+        return (self.inbox, self.transport.inbound, self.syncer.done)
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        if sock is self.syncer.done:
+            rd, self.syncing = self.syncing, None
+            if rd is not None:
+                self._finish(rd)
+            self._drain_ready()
+            return
         if sock is self.transport.inbound:
             peer_messages, forwarded = self.transport.receive(messages)
             for message in peer_messages:
@@ -170,34 +179,43 @@ class RaftActor(Actor):
         self.storage.put(Kind.READ, (key, method, response.SerializeToString()))
 
     def _drain_ready(self) -> None:
+        """Take Readys from the core; one that must be fsynced waits for the syncer thread."""
         core = self.core
-        while core.has_ready():
+        while self.syncing is None and core.has_ready():
             rd = core.ready()
             if rd.hard_state is not None or rd.entries:
-                self.log.save(rd.hard_state, rd.entries, sync=rd.must_sync)
-            if rd.messages:
-                self.transport.send(rd.messages)  # only now: what they promise is on disk
-            if rd.term != self.term:
-                self._fail_reads(errors.LEADER_CHANGED)
-                self.term = rd.term
-            if rd.committed_entries:
-                self.storage.extend(
-                    Kind.COMMITTED, [(e.index, e.type, e.data) for e in rd.committed_entries], aux=rd.term
-                )
-                self.committed = rd.committed_entries[-1].index
-            for state in rd.read_states:
-                reads = self.reads.pop(state.context, None)
-                if reads:
-                    self.ready_reads.append((state.index, reads))
-            self._release_reads()
-            if rd.leader_id != self.leader_id:
-                log.info("raft_leader_changed", leader=f"{rd.leader_id:x}", term=rd.term)
-                was_leader = self.leader_id == self.settings.member_id
-                self.leader_id = rd.leader_id
-                is_leader = rd.leader_id == self.settings.member_id
-                if is_leader != was_leader:
-                    self.lease.signal(Kind.LEADERSHIP, int(is_leader))
-            core.advance(rd)
+                self.log.save(rd.hard_state, rd.entries, sync=False)
+                if rd.must_sync:
+                    self.syncing = rd
+                    self.syncer.request()
+                    return
+            self._finish(rd)
+
+    def _finish(self, rd: Ready) -> None:
+        """The rest of a Ready, once its entries and hard state are durable."""
+        if rd.messages:
+            self.transport.send(rd.messages)  # only now: what they promise is on disk
+        if rd.term != self.term:
+            self._fail_reads(errors.LEADER_CHANGED)
+            self.term = rd.term
+        if rd.committed_entries:
+            self.storage.extend(
+                Kind.COMMITTED, [(e.index, e.type, e.data) for e in rd.committed_entries], aux=rd.term
+            )
+            self.committed = rd.committed_entries[-1].index
+        for state in rd.read_states:
+            reads = self.reads.pop(state.context, None)
+            if reads:
+                self.ready_reads.append((state.index, reads))
+        self._release_reads()
+        if rd.leader_id != self.leader_id:
+            log.info("raft_leader_changed", leader=f"{rd.leader_id:x}", term=rd.term)
+            was_leader = self.leader_id == self.settings.member_id
+            self.leader_id = rd.leader_id
+            is_leader = rd.leader_id == self.settings.member_id
+            if is_leader != was_leader:
+                self.lease.signal(Kind.LEADERSHIP, int(is_leader))
+        self.core.advance(rd)
 
     def _release_reads(self) -> None:
         """Reads go to storage behind the entries up to their read index (a follower may lag)."""
@@ -241,4 +259,5 @@ class RaftActor(Actor):
         for mailbox in (self.storage, self.session, self.lease):
             mailbox.close()
         self.transport.close()
+        self.syncer.close()
         self.log.close()

@@ -147,6 +147,11 @@ class DurableLog:
 
     # ------------------------------------------------------------------ writes
 
+    def sync(self) -> None:
+        """fsync everything saved so far. Safe from another thread: rocksdict releases the GIL here
+        (unlike ``save(sync=True)``), so the raft actor's loop keeps working while the disk does."""
+        self._db.flush_wal(True)
+
     def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool = True) -> None:
         """Persist a Ready atomically with one (optional) fsync; new entries replace a conflicting suffix."""
         wb = WriteBatch(raw_mode=True)
