@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 import yaml
 
-DEFAULT_PLUGINS: dict[str, dict[str, Any]] = {"grpc": {}}
+DEFAULT_PLUGINS: dict[str, dict[str, Any]] = {"grpc": {}, "rest": {}}
 
 
 class ConfigError(ValueError):

@@ -10,6 +10,8 @@ text, which clients (etcdctl, clientv3) turn into their typed errors.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -100,12 +102,43 @@ def watch_stream(client: Client) -> StreamHandler:
     return handler
 
 
+def shares_client_port(config: NodeConfig) -> bool:
+    """Whether the REST plugin owns the client port and splices gRPC connections to this server.
+
+    That is etcd's arrangement (gRPC and the JSON gateway on one port): it holds when both plugins
+    are enabled and neither was given its own ``listen`` addresses.
+    """
+    rest, grpc_settings = config.plugins.get("rest"), config.plugins.get("grpc")
+    return (
+        rest is not None
+        and grpc_settings is not None
+        and rest.get("enabled", True)
+        and grpc_settings.get("enabled", True)
+        and not rest.get("listen")
+        and not grpc_settings.get("listen")
+    )
+
+
+def internal_address(config: NodeConfig) -> str:
+    """The unix socket gRPC listens on behind a shared client port: in the data dir, or abstract."""
+    path = os.path.join(os.path.abspath(config.data_dir), "grpc.sock")
+    if len(path) < 100:  # sockaddr_un holds ~107 bytes
+        return "unix:" + path
+    return "unix-abstract:cairn-grpc-" + hashlib.sha1(path.encode()).hexdigest()[:16]
+
+
 class GrpcFrontend:
     name = "grpc"
 
     def __init__(self, config: NodeConfig, settings: dict) -> None:
         self.config = config
-        self.addresses = settings.get("listen") or [f"{h}:{p}" for h, p in config.client_addresses()]
+        listen = settings.get("listen")
+        if listen:
+            self.addresses = [listen] if isinstance(listen, str) else list(listen)
+        elif shares_client_port(config):
+            self.addresses = [internal_address(config)]
+        else:
+            self.addresses = [f"{h}:{p}" for h, p in config.client_addresses()]
         self.server: grpc.aio.Server | None = None
 
     async def start(self, client: Client) -> None:

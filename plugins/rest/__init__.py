@@ -1,0 +1,1 @@
+"""etcd's JSON gateway API, /health, /version and /metrics (see docs/rest.md)."""
