@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass, replace
 
 import structlog
+from prometheus_client import multiprocess
 
 from node.config import NodeConfig
 
@@ -51,7 +53,12 @@ class Supervisor:
         if not config.core_url:
             config = replace(config, core_url=free_tcp_url())
         self.config = config
-        self.env = dict(os.environ, CAIRN_CONFIG=config.to_json().decode())
+        # prometheus_client's multiprocess mode: both children write their figures here, and the
+        # REST frontend's /metrics reads them all (emptied at start: old pids' files are stale)
+        self.metrics_dir = os.path.join(os.path.abspath(config.data_dir), "metrics")
+        self.env = dict(
+            os.environ, CAIRN_CONFIG=config.to_json().decode(), PROMETHEUS_MULTIPROC_DIR=self.metrics_dir
+        )
         self.children = [Child("node.core"), Child("node.frontend")]
         self.stopping = False
 
@@ -67,6 +74,8 @@ class Supervisor:
 
     def run(self) -> int:
         os.makedirs(self.config.data_dir, exist_ok=True)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        os.makedirs(self.metrics_dir)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
         for child in self.children:
@@ -92,6 +101,7 @@ class Supervisor:
                 delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
                 log.error("child_exited", module=child.module, code=code, restart_in=delay)
                 child.restarts += 1
+                multiprocess.mark_process_dead(child.process.pid, self.metrics_dir)
                 time.sleep(delay)
                 self._start(child)
         return self.shutdown()

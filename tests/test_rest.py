@@ -490,7 +490,7 @@ CORE_METRICS = [
 ]
 
 
-@pytest.mark.xfail(reason="the core's actors do not update actors.metrics.core() yet", strict=False)
+
 def test_metrics_include_the_core_figures(node: Server) -> None:
     curl(node.client_url + "/v3/kv/put", json.dumps({"key": b64("core"), "value": b64("v")}))
     families = _metrics(node)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 import zmq
 
-from actors import errors
+from actors import errors, metrics
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
@@ -66,7 +66,15 @@ class RaftActor(Actor):
         path = os.path.join(settings.data_dir, "member", "raft")
         os.makedirs(path, exist_ok=True)
         self.log = DurableLog(path)
-        self.syncer = LogSyncer(ctx, self.log.sync)
+        self.metrics = metrics.core()
+        for gauge, value in (
+            (self.metrics.has_leader, 0),
+            (self.metrics.is_leader, 0),
+            (self.metrics.proposals_pending, 0),
+            (self.metrics.proposals_committed, settings.applied),
+        ):
+            gauge.set(value)  # in multiprocess mode a gauge never set is not exported at all
+        self.syncer = LogSyncer(ctx, self.log.sync, self.metrics.wal_fsync)
         self.syncing: Ready | None = None  # the Ready whose fsync is under way
         self.core = RaftCore(
             settings.member_id,
@@ -155,6 +163,7 @@ class RaftActor(Actor):
         self.reads[context] = reads
 
     def _fail(self, records: list[Record], error: errors.EtcdError) -> None:
+        self.metrics.proposals_failed.inc(len(records))
         text = error.message.encode()
         self.session.extend(Kind.RESULT, [(key, error.code, text) for key, _, _ in records])
 
@@ -208,11 +217,18 @@ class RaftActor(Actor):
             if reads:
                 self.ready_reads.append((state.index, reads))
         self._release_reads()
+        if rd.committed_entries:
+            self.metrics.proposals_committed.set(self.committed)
+            self.metrics.proposals_pending.set(self.core.last_index - self.committed)
         if rd.leader_id != self.leader_id:
             log.info("raft_leader_changed", leader=f"{rd.leader_id:x}", term=rd.term)
             was_leader = self.leader_id == self.settings.member_id
             self.leader_id = rd.leader_id
             is_leader = rd.leader_id == self.settings.member_id
+            self.metrics.has_leader.set(int(bool(rd.leader_id)))
+            self.metrics.is_leader.set(int(is_leader))
+            if rd.leader_id:
+                self.metrics.leader_changes.inc()
             if is_leader != was_leader:
                 self.lease.signal(Kind.LEADERSHIP, int(is_leader))
         self.core.advance(rd)

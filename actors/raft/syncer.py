@@ -13,21 +13,24 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import zmq
+from prometheus_client import Histogram
 
 _ids = itertools.count()
 
 
 class LogSyncer:
-    def __init__(self, ctx: zmq.Context, sync: Callable[[], None]) -> None:
+    def __init__(self, ctx: zmq.Context, sync: Callable[[], None], timing: Histogram) -> None:
         address = f"inproc://cairn/raft-sync-{next(_ids)}"
         self.done = ctx.socket(zmq.PAIR)
         self.done.bind(address)
         self._signal = ctx.socket(zmq.PAIR)  # used only by the thread
         self._signal.connect(address)
         self._sync = sync
+        self._timing = timing  # etcd_disk_wal_fsync_duration_seconds
         self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="raft-log-sync", daemon=True)
         self._thread.start()
@@ -38,7 +41,9 @@ class LogSyncer:
 
     def _run(self) -> None:
         while self._requests.get():
+            start = time.perf_counter()
             self._sync()
+            self._timing.observe(time.perf_counter() - start)
             self._signal.send(b"")
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import structlog
 import zmq
 
-from actors import errors
+from actors import errors, metrics
 from actors.lease.table import LeaseTable, min_lease_ttl
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
@@ -73,6 +73,9 @@ class StorageActor(Actor):
         self.applied = self.backend.applied_index
         self.uncommitted = False
         self.synced = self.applied
+        self.metrics = metrics.core()
+        self.metrics.proposals_applied.set(self.applied)
+        self._export_sizes()
         self.next_sync = time.monotonic() + 1.0
         log.info("storage_opened", revision=self.store.revision, applied=self.applied)
 
@@ -87,7 +90,9 @@ class StorageActor(Actor):
         for (frame,) in messages:
             kind, aux, records = unpack(frame)
             if kind == Kind.COMMITTED:
-                self.term = aux
+                if aux != self.term:
+                    self.term = aux
+                    self.watch.signal(Kind.WATCH_EVENTS, aux)  # the hub's headers carry the term
                 self._apply(records)
             elif kind == Kind.READ:
                 self._commit()
@@ -145,7 +150,10 @@ class StorageActor(Actor):
 
     def _commit(self) -> None:
         if self.uncommitted:
+            start = time.perf_counter()
             self.backend.commit(self.applied)
+            self.metrics.backend_commit.observe(time.perf_counter() - start)
+            self.metrics.proposals_applied.set(self.applied)
             self.uncommitted = False
 
     def _history(self, read_id: int, query: bytes) -> None:
@@ -201,10 +209,17 @@ class StorageActor(Actor):
     def on_time(self, now: float) -> None:
         """Sync the WAL once a second and tell raft which entries no longer need the log."""
         self.next_sync = now + 1.0
+        self._export_sizes()
         if self.applied > self.synced:
             self.backend.commit(self.applied, sync=True)  # an empty synced write syncs the whole WAL
             self.synced = self.applied
             self.raft.signal(Kind.APPLIED_DURABLE, self.synced)
+
+    def _export_sizes(self) -> None:
+        size = self.backend.size_bytes()
+        self.metrics.db_size.set(size)
+        self.metrics.db_size_in_use.set(size)
+        self.metrics.keys_total.set(self.store.key_count)
 
     def flush(self) -> None:
         self.session.flush()

@@ -220,6 +220,11 @@ class MvccStore:
             ) from None
         return handler(message)
 
+    @property
+    def key_count(self) -> int:
+        """Keys in the index (etcd_debugging_mvcc_keys_total), deleted ones with history included."""
+        return len(self._index)
+
     def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         """Serve a Range at the current revision (header.revision set; the caller adds the rest)."""
         resp = RangeResponse()
