@@ -28,6 +28,7 @@ log = structlog.get_logger()
 CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT}
 
 
+KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
 
 
@@ -75,7 +76,9 @@ class SessionActor(Actor):
         self.watch = Mailbox(ctx, "watch")
         self.limits = limits
         self.prefix = key_prefix(member_id)
-        self.counter = 0
+        # like etcd's request ids: start from the clock, so keys of a restarted member never repeat
+        # those of its previous run (a late result for an old key would answer a new request)
+        self.counter = (int(time.time() * 1000) & 0xFF_FFFF_FFFF) << 8
         self.waiting: dict[int, tuple[bytes, int, float]] = {}
         self.replies: dict[bytes, list[Record]] = {}
         self.pushes: dict[bytes, list[Record]] = {}
@@ -171,7 +174,7 @@ class SessionActor(Actor):
             self.raft.put(Kind.READ, (key, method, body))
 
     def _next_key(self) -> int:
-        self.counter += 1
+        self.counter = (self.counter + 1) & KEY_MASK or 1  # low bits 0: the lease actor's proposals
         return self.prefix | self.counter
 
     def _with_lease_id(self, body: bytes) -> bytes:
