@@ -25,6 +25,7 @@ log = structlog.get_logger()
 
 HEARTBEAT_INTERVAL = 0.5  # seconds; the core's session actor forgets frontends silent for FRONTEND_TIMEOUT
 STREAM_HIGH_WATER = 256  # pushed responses a frontend holds for one stream before it says "blocked"
+STREAM_HIGH_BYTES = 8 << 20  # ... or bytes of them (a few large values must not pile up either)
 STREAM_LOW_WATER = 32  # ... and says "ready" again once the stream has drained to this
 
 
@@ -40,6 +41,7 @@ class Stream:
         self.client = client
         self.id = stream_id
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queued_bytes = 0
         self.blocked = False
 
     def send(self, request: bytes) -> None:
@@ -47,13 +49,20 @@ class Stream:
 
     def _push(self, response: bytes) -> None:
         self.queue.put_nowait(response)
-        if not self.blocked and self.queue.qsize() >= STREAM_HIGH_WATER:
+        self.queued_bytes += len(response)
+        full = self.queue.qsize() >= STREAM_HIGH_WATER or self.queued_bytes >= STREAM_HIGH_BYTES
+        if not self.blocked and full:
             self.blocked = True
             self.client._enqueue((self.id, Method.WATCH_BLOCKED, b""))
 
     async def get(self) -> bytes:
         response = await self.queue.get()
-        if self.blocked and self.queue.qsize() <= STREAM_LOW_WATER:
+        self.queued_bytes -= len(response)
+        if (
+            self.blocked
+            and self.queue.qsize() <= STREAM_LOW_WATER
+            and self.queued_bytes < STREAM_HIGH_BYTES // 8
+        ):
             self.blocked = False
             self.client._enqueue((self.id, Method.WATCH_READY, b""))
         return response

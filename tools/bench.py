@@ -5,6 +5,8 @@ One tool measures both servers, so a comparison reflects the servers, not two di
     python -m tools.bench --endpoints 127.0.0.1:2379 --clients 64 --conns 8 --procs 2 \\
         --total 20000 put --val-size 256 --key-space-size 100000
     python -m tools.bench --endpoints 127.0.0.1:2379 --clients 64 --duration 10 range foo --consistency s
+    python -m tools.bench --endpoints 127.0.0.1:2379 --procs 2 --duration 15 \\
+        watch-latency --streams 10 --watchers-per-stream 1000 --put-rate 100
 
 Why several processes: one Python process (GIL, protobuf and gRPC per-call overhead) saturates long
 before a server does, so `--procs P` forks P workers, each with its own event loop and gRPC channels;
@@ -264,6 +266,8 @@ def percentile(sorted_samples: Sequence[float], p: float) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run one workload as configured by `args` and return the summary (what --json prints)."""
+    if args.cmd == "watch-latency":
+        return run_watch_latency(args)
     if not args.total and not args.duration:
         args.total = 10000
     ctx = mp.get_context("spawn")  # never fork a process that may hold gRPC state
@@ -375,6 +379,361 @@ def format_report(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- watch latency ------------------------------------------------------------------------------------------
+
+WATCH_KEY_PREFIX = b"bench/watch/"
+
+
+def _watch_key(n: int) -> bytes:
+    """Key number `n` of the watch-latency key space; fixed width, so keys sort like their numbers."""
+    return WATCH_KEY_PREFIX + b"%012d" % n
+
+
+def _watch_ranges(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """[first, end) key numbers watched by each watcher, watcher g = stream * watchers_per_stream + w."""
+    space, width = args.key_space_size, args.range_width
+    return [(g % space, g % space + width) for g in range(args.streams * args.watchers_per_stream)]
+
+
+def _watchers_per_key(args: argparse.Namespace) -> list[int]:
+    """How many watchers see a put to key number k, for every k in the key space."""
+    diff = [0] * (args.key_space_size + 1)
+    for first, end in _watch_ranges(args):
+        diff[first] += 1
+        diff[min(end, args.key_space_size)] -= 1
+    counts, running = [], 0
+    for d in diff[:-1]:
+        running += d
+        counts.append(running)
+    return counts
+
+
+@dataclass
+class WatchWorkerResult:
+    """One watch worker's samples: the mod_revision of every event received and when (time.monotonic)."""
+
+    revisions: bytes = b""  # array('q')
+    arrivals: bytes = b""  # array('d'), parallel to revisions
+    created: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    failure: str = ""
+
+
+async def _watch_worker_main(
+    args: argparse.Namespace, index: int, ready: Any, stop: Any, received: Any
+) -> WatchWorkerResult:
+    """Open this worker's share of the streams, create every watcher, then record each event's arrival.
+
+    Each stream has its own channel (one TCP connection). Responses are parsed just enough to read
+    the events' revisions; the arrival time is taken once per response, as it comes off the stream.
+    """
+    import grpc
+
+    rpc_pb2 = _pb()
+    endpoints = args.endpoints.split(",")
+    streams = list(range(index, args.streams, args.procs))
+    ranges = _watch_ranges(args)
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    channels = [grpc.aio.insecure_channel(endpoints[s % len(endpoints)], options=options) for s in streams]
+    result = WatchWorkerResult()
+    revisions, arrivals = array("q"), array("d")
+    errors: Counter[str] = Counter()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(c.channel_ready() for c in channels)), args.connect_timeout
+            )
+        except TimeoutError:
+            raise ConnectionError(
+                f"could not connect to {args.endpoints} within {args.connect_timeout:g}s"
+            ) from None
+        parse = rpc_pb2.WatchResponse.FromString
+        all_created = asyncio.Event()
+        pending_creates = len(streams) * args.watchers_per_stream
+
+        async def read(call: Any) -> None:
+            nonlocal pending_creates
+            monotonic = time.monotonic
+            try:
+                while True:
+                    raw = await call.read()
+                    if raw is grpc.aio.EOF:
+                        errors["stream ended"] += 1
+                        return
+                    now = monotonic()
+                    resp = parse(raw)
+                    if resp.created:
+                        result.created += 1
+                        pending_creates -= 1
+                        if not pending_creates:
+                            all_created.set()
+                    if resp.canceled:
+                        errors[f"watch canceled: {resp.cancel_reason}"] += 1
+                    for ev in resp.events:
+                        revisions.append(ev.kv.mod_revision)
+                        arrivals.append(now)
+                    received.value = len(revisions)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED:
+                    errors[f"{exc.code().name}: {exc.details()}"] += 1
+
+        calls = []
+        for channel, s in zip(channels, streams, strict=True):
+            call = channel.stream_stream("/etcdserverpb.Watch/Watch")()
+            calls.append(call)
+            tasks.append(asyncio.create_task(read(call)))
+            for w in range(args.watchers_per_stream):
+                first, end = ranges[s * args.watchers_per_stream + w]
+                create = rpc_pb2.WatchCreateRequest(key=_watch_key(first), range_end=_watch_key(end))
+                await call.write(rpc_pb2.WatchRequest(create_request=create).SerializeToString())
+        try:
+            await asyncio.wait_for(all_created.wait(), args.connect_timeout + 60)
+        except TimeoutError:
+            raise RuntimeError(
+                f"only {result.created} of {len(streams) * args.watchers_per_stream} watchers created"
+            ) from None
+        ready.set()
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        result.revisions, result.arrivals = revisions.tobytes(), arrivals.tobytes()
+        result.errors = dict(errors)
+    except Exception as exc:  # reported to the parent, which fails the whole run
+        result.failure = f"watch worker {index}: {type(exc).__name__}: {exc}"
+        ready.set()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+    return result
+
+
+def _watch_worker_entry(
+    args: argparse.Namespace, index: int, ready: Any, stop: Any, received: Any, conn: Any
+) -> None:
+    try:
+        import uvloop
+
+        runner: Callable[..., Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        result = runner(_watch_worker_main(args, index, ready, stop, received))
+    except BaseException as exc:
+        result = WatchWorkerResult(failure=f"watch worker {index}: {type(exc).__name__}: {exc}")
+        ready.set()
+    conn.send(asdict(result))
+    conn.close()
+
+
+async def _put_at_rate(args: argparse.Namespace) -> tuple[list[int], array, array, array, Counter[str]]:
+    """Put at --put-rate for --duration (open loop: put i leaves at start + i/rate, whatever earlier puts
+    do). Returns the key number, send time, ack time and revision of every put (ack 0 if it failed)."""
+    import grpc
+
+    rpc_pb2 = _pb()
+    n = max(1, round(args.put_rate * args.duration))
+    rng = random.Random(args.seed)
+    keys = [rng.randrange(args.key_space_size) for _ in range(n)]
+    value = (b"v" * args.val_size)[: args.val_size]
+    sent, acked, revs = array("d", [0.0] * n), array("d", [0.0] * n), array("q", [0] * n)
+    errors: Counter[str] = Counter()
+    async with grpc.aio.insecure_channel(args.endpoints.split(",")[0]) as channel:
+        await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
+        put = channel.unary_unary("/etcdserverpb.KV/Put")
+        requests = [rpc_pb2.PutRequest(key=_watch_key(k), value=value).SerializeToString() for k in keys]
+        parse = rpc_pb2.PutResponse.FromString
+
+        async def one(i: int) -> None:
+            sent[i] = time.monotonic()
+            try:
+                resp = await put(requests[i], timeout=args.request_timeout)
+            except grpc.aio.AioRpcError as exc:
+                errors[f"{exc.code().name}: {exc.details()}"] += 1
+                return
+            acked[i] = time.monotonic()
+            revs[i] = parse(resp).header.revision
+
+        start = time.monotonic()
+        tasks = []
+        for i in range(n):
+            delay = start + i / args.put_rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return keys, sent, acked, revs, errors
+
+
+def run_watch_latency(args: argparse.Namespace) -> dict[str, Any]:
+    """The watch-latency workload: --streams x --watchers-per-stream watchers, puts at --put-rate."""
+    if not args.duration:
+        args.duration = 10.0
+    if not args.key_space_size:
+        args.key_space_size = args.streams * args.watchers_per_stream
+    args.procs = max(1, min(args.procs, args.streams))
+    ctx = mp.get_context("spawn")
+    ready_events = [ctx.Event() for _ in range(args.procs)]
+    stop = ctx.Event()
+    counters = [ctx.Value("q", 0, lock=False) for _ in range(args.procs)]
+    procs, pipes = [], []
+    for i in range(args.procs):
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        p = ctx.Process(
+            target=_watch_worker_entry,
+            args=(args, i, ready_events[i], stop, counters[i], child_end),
+            daemon=True,
+        )
+        p.start()
+        child_end.close()
+        procs.append(p)
+        pipes.append(parent_end)
+    watchers = args.streams * args.watchers_per_stream
+    _log(args, f"{args.procs} watch process(es): {args.streams} x {args.watchers_per_stream} watchers")
+    results: list[WatchWorkerResult] = []
+    try:
+        t0 = time.monotonic()
+        for ev in ready_events:
+            if not ev.wait(args.connect_timeout + 120):
+                raise SystemExit("bench: a watch worker did not become ready in time")
+        early = [WatchWorkerResult(**c.recv()).failure for c in pipes if c.poll(0)]
+        if early:
+            stop.set()
+            raise SystemExit("bench: " + "; ".join(early))
+        setup_s = time.monotonic() - t0
+        server_pids = [int(p) for p in args.server_pid.split(",")] if args.server_pid else []
+        cpu0 = process_tree_cpu(server_pids) if server_pids else 0.0
+        _log(args, f"{watchers} watchers created in {setup_s:.1f}s; putting {args.put_rate:g}/s "
+                   f"for {args.duration:g}s")  # fmt: skip
+        put_start = time.monotonic()
+        keys, sent, acked, revs, put_errors = _run_loop(_put_at_rate(args))
+        put_elapsed = time.monotonic() - put_start
+        per_key = _watchers_per_key(args)
+        expected = sum(per_key[k] for k, ack in zip(keys, acked, strict=True) if ack)
+        deadline = time.monotonic() + args.drain
+        while sum(c.value for c in counters) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cpu1 = process_tree_cpu(server_pids) if server_pids else 0.0
+        stop.set()
+        for i, conn in enumerate(pipes):
+            if not conn.poll(60):
+                raise SystemExit(f"bench: watch worker {i} produced no result")
+            results.append(WatchWorkerResult(**conn.recv()))
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    failures = [r.failure for r in results if r.failure]
+    if failures:
+        raise SystemExit("bench: " + "; ".join(failures))
+
+    by_rev = {rev: i for i, rev in enumerate(revs) if acked[i]}
+    from_ack, from_send = array("d"), array("d")
+    before_ack = unknown = 0
+    for r in results:
+        rev_samples, arrival_samples = array("q"), array("d")
+        rev_samples.frombytes(r.revisions)
+        arrival_samples.frombytes(r.arrivals)
+        for rev, arrived in zip(rev_samples, arrival_samples, strict=True):
+            i = by_rev.get(rev)
+            if i is None:
+                unknown += 1
+                continue
+            if arrived < acked[i]:
+                before_ack += 1
+            from_ack.append(max(0.0, arrived - acked[i]))
+            from_send.append(arrived - sent[i])
+    errors: Counter[str] = Counter(put_errors)
+    for r in results:
+        errors.update(r.errors)
+    ok_puts = sum(1 for a in acked if a)
+    put_lat = sorted(acked[i] - sent[i] for i in range(len(acked)) if acked[i])
+
+    def dist(samples: Sequence[float]) -> dict[str, float]:
+        s = sorted(samples)
+        return {
+            "min": s[0] * 1e3 if s else math.nan,
+            "avg": statistics.fmean(s) * 1e3 if s else math.nan,
+            "max": s[-1] * 1e3 if s else math.nan,
+            **{f"p{p:g}": percentile(s, p) * 1e3 for p in PERCENTILES},
+        }
+
+    summary: dict[str, Any] = {
+        "workload": args.cmd,
+        "endpoints": args.endpoints,
+        "streams": args.streams,
+        "watchers_per_stream": args.watchers_per_stream,
+        "watchers": watchers,
+        "key_space_size": args.key_space_size,
+        "range_width": args.range_width,
+        "procs": args.procs,
+        "watch_setup_s": setup_s,
+        "put_rate": args.put_rate,
+        "puts": ok_puts,
+        "put_errors": sum(put_errors.values()),
+        "put_elapsed_s": put_elapsed,
+        "put_latency_ms": dist(put_lat),
+        "events_expected": expected,
+        "events_received": len(from_ack),
+        "events_unexpected": unknown,
+        "events_before_ack": before_ack,
+        "errors": dict(errors),
+        "latency_ms": dist(from_ack),
+        "latency_from_send_ms": dist(from_send),
+    }
+    if server_pids:
+        summary["server_pids"] = server_pids
+        summary["server_cpu_s"] = cpu1 - cpu0
+        summary["server_cpu_utilization"] = (cpu1 - cpu0) / put_elapsed if put_elapsed > 0 else math.nan
+    return summary
+
+
+def _run_loop(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def format_watch_report(s: dict[str, Any]) -> str:
+    """Human-readable watch-latency report: put ack -> event arrival at every watcher."""
+    lat, send, put = s["latency_ms"], s["latency_from_send_ms"], s["put_latency_ms"]
+    lines = [
+        f"Workload: watch-latency  endpoints={s['endpoints']} streams={s['streams']} "
+        f"watchers-per-stream={s['watchers_per_stream']} ({s['watchers']} watchers) procs={s['procs']}",
+        f"  each watcher on {s['range_width']} key(s) of {s['key_space_size']}; "
+        f"{s['watchers']} watchers created in {s['watch_setup_s']:.1f} s",
+        "Summary:",
+        f"  Puts:\t{s['puts']} ok, {s['put_errors']} failed, in {s['put_elapsed_s']:.2f} secs "
+        f"({s['puts'] / s['put_elapsed_s']:.1f}/s; asked {s['put_rate']:g}/s)",
+        f"  Put latency:\tp50 {put['p50']:.2f} ms, p99 {put['p99']:.2f} ms, max {put['max']:.2f} ms",
+        f"  Events:\t{s['events_received']} received of {s['events_expected']} expected"
+        f" ({s['events_unexpected']} unexpected, {s['events_before_ack']} arrived before the put's ack)",
+        "",
+        "Watch latency, put acknowledged -> event received (ms):",
+        f"  min {lat['min']:.3f}  avg {lat['avg']:.3f}  max {lat['max']:.3f}",
+        *(f"  {p:g}% in {lat[f'p{p:g}']:.3f} ms." for p in PERCENTILES),
+        "",
+        "Watch latency, put sent -> event received (ms): "
+        f"p50 {send['p50']:.3f}, p99 {send['p99']:.3f}, max {send['max']:.3f}",
+    ]
+    if "server_cpu_s" in s:
+        lines += [
+            "",
+            f"Server CPU (pids {','.join(map(str, s['server_pids']))}): {s['server_cpu_s']:.2f} s, "
+            f"{s['server_cpu_utilization']:.2f} cores busy while putting",
+        ]
+    if s["errors"]:
+        lines += ["", "Errors:", *(f"  {n}\t{k}" for k, n in sorted(s["errors"].items()))]
+    return "\n".join(lines)
+
+
 def _log(args: argparse.Namespace, msg: str) -> None:
     if not getattr(args, "quiet", False):
         print(f"bench: {msg}", file=sys.stderr, flush=True)
@@ -413,6 +772,24 @@ def build_parser() -> argparse.ArgumentParser:
     rng.add_argument("--consistency", choices=("l", "s"), default="l", help="linearizable or serializable")
     rng.add_argument("--limit", type=int, default=0)
     rng.add_argument("--count-only", action="store_true")
+    wl = sub.add_parser(
+        "watch-latency",
+        help="put acknowledged -> event received at every watcher (etcd's benchmark watch-latency); "
+        "--procs spreads the streams over processes, --duration is how long to put (default 10 s)",
+    )
+    wl.add_argument("--streams", type=int, default=10, help="watch streams, each on its own connection")
+    wl.add_argument("--watchers-per-stream", type=int, default=10)
+    wl.add_argument("--put-rate", type=float, default=100.0, help="puts per second (open loop)")
+    wl.add_argument("--val-size", type=int, default=32)
+    wl.add_argument(
+        "--key-space-size", type=int, default=0,
+        help="keys the puts pick from at random (default: one per watcher; 1 = every watcher on one key)",
+    )  # fmt: skip
+    wl.add_argument(
+        "--range-width", type=int, default=1,
+        help="watcher g watches keys [g mod space, g mod space + width): width 1 = one key per watcher",
+    )  # fmt: skip
+    wl.add_argument("--drain", type=float, default=5.0, help="max seconds to wait for late events")
     return p
 
 
@@ -422,6 +799,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("clients", "conns", "procs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"bench: --{name} must be >= 1")
+    if args.cmd == "watch-latency":
+        summary = run_watch_latency(args)
+        print(json.dumps(summary, indent=2) if args.json else format_watch_report(summary), flush=True)
+        return 0 if summary["events_received"] > 0 else 1
     if args.procs > args.clients:
         args.procs = args.clients
     summary = run(args)
