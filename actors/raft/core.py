@@ -37,10 +37,16 @@ Snapshots (the data is the shell's; the core handles metadata, :class:`Snapshot`
   streams the data of that snapshot to the peer in chunks, delivers the SNAP message itself once
   the data is complete, and calls ``report_snapshot(peer, ok)`` when the transfer ends; the
   follower's progress stays paused (``Progress.state == SNAPSHOT``) until then.
-* receiving one: the follower's shell keeps the received data and steps the SNAP message; if the
-  core accepts it, the next Ready carries ``snapshot``: the shell installs it FIRST (replace the
-  state machine by the data, then ``log.apply_snapshot(snapshot)``), then saves the hard state and
-  entries, sends, applies ``committed_entries`` (all after the snapshot) and advances.
+* receiving one: the follower's shell keeps the received data by (index, term) and steps the SNAP
+  message; the core may refuse it (stale term, or nothing newer than its commit index), and two
+  leaders' transfers may overlap, so the data to install is the one whose (index, term) matches
+  the next Ready's ``snapshot``. The shell installs it FIRST (replace the state machine by the
+  data, then ``log.apply_snapshot(snapshot)``: in this order, so that a crash in between leaves a
+  state machine ahead of the log, never behind), then saves the hard state and entries, sends,
+  applies ``committed_entries`` (all after the snapshot) and advances; staged data of other
+  snapshots can be dropped then. The state machine keeps the snapshot's metadata with its data, so
+  that a start-up finding it ahead of the log's last index finishes the install
+  (``log.apply_snapshot``) before it builds the core (which refuses ``applied > last index``).
 
 Membership (one change at a time, etcd's rules): ``propose_conf_change(ConfChange)`` appends a
 CONF_CHANGE entry (refusing a second one until the first is applied, and etcd's member checks);
@@ -367,6 +373,7 @@ class RaftCore:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._prs: dict[int, Progress] = {}
+        self._voter_prs: list[Progress] = []
         self._votes: dict[int, bool] = {}
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -503,6 +510,7 @@ class RaftCore:
             self._prs[m] = pr
         if self._id in self._prs and self._role != Role.LEADER:
             self._prs[self._id].match = last
+        self._voter_prs = [self._prs[v] for v in self._voters]
         if self._role == Role.LEADER:
             if not self._promotable:
                 self._step_down_removed()
@@ -551,6 +559,7 @@ class RaftCore:
             self._prs[v] = Progress(last + 1, mi)
         if self._id in self._prs:
             self._prs[self._id].match = last
+        self._voter_prs = [self._prs[v] for v in self._voters]  # the commit quorum, in _maybe_commit
         self._pending_reads = []
         self._round_ctx = b""
         self._round_reads = []
@@ -913,14 +922,13 @@ class RaftCore:
         self._maybe_commit()
 
     def _maybe_commit(self) -> bool:
-        prs = self._prs
-        voters = self._voters
-        if len(voters) == 1:
-            mci = prs[voters[0]].match
-        elif not voters:
+        vprs = self._voter_prs
+        if len(vprs) == 1:
+            mci = vprs[0].match
+        elif not vprs:
             return False
         else:
-            matches = sorted([prs[v].match for v in voters], reverse=True)
+            matches = sorted([pr.match for pr in vprs], reverse=True)
             mci = matches[self._quorum - 1]
         log = self._log
         if mci > log.committed and log.term(mci) == self._term:
@@ -1030,15 +1038,19 @@ class RaftCore:
             else:
                 self._become_follower(m.term, 0)
         elif m.term < self._term:
-            if (self._check_quorum or self._pre_vote or not self._promotable) and (
-                mt == MsgType.HEARTBEAT or mt == MsgType.APP or mt == MsgType.SNAP
-            ):
+            if mt == MsgType.HEARTBEAT or mt == MsgType.APP or mt == MsgType.SNAP:
                 # A stale leader (e.g. after a partition) learns the new term from this and steps down.
-                # Without CheckQuorum/PreVote a node fixes a term mismatch by campaigning instead, but a
-                # learner or a joiner whose term was raised (by a removed member's votes, say) cannot.
+                # etcd answers only with CheckQuorum or PreVote on, counting on the node with the higher
+                # term to campaign otherwise; but a learner cannot, and a member far behind may campaign
+                # in an old configuration that does not even include the current leader.
                 self._send(Message(MsgType.APP_RESP, m.frm, self._id, self._term))
             elif mt == MsgType.PRE_VOTE:
                 self._send(Message(MsgType.PRE_VOTE_RESP, m.frm, self._id, self._term, reject=True))
+            elif mt == MsgType.VOTE:
+                # etcd ignores these; the raft paper answers with the current term, and so do we: a
+                # candidate stuck below our term must learn it to ever win our vote, and we may never
+                # campaign towards it (it is not in our configuration when we lag behind a change).
+                self._send(Message(MsgType.VOTE_RESP, m.frm, self._id, self._term, reject=True))
             return
 
         if mt == MsgType.VOTE or mt == MsgType.PRE_VOTE:
