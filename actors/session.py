@@ -153,6 +153,8 @@ class SessionActor(Actor):
             self._fail(identity, rid, errors.EtcdError(errors.Code.UNIMPLEMENTED, f"unknown method {method}"))
             return
         key = self._next_key()
+        # follows one request through the logs: the frontend logs request_id, the actors log key
+        log.debug("request_received", frontend=identity.hex(), request_id=rid, key=f"{key:x}", method=method)
         if method in WRITES and proposal_size(key, body) > self.limits.max_request_bytes:
             self._fail(identity, rid, errors.REQUEST_TOO_LARGE)
             return

@@ -100,6 +100,7 @@ class Client:
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = (future, time.monotonic() + self.timeout)
         self._enqueue((rid, method, request))
+        log.debug("request_sent", request_id=rid, method=method)  # filtered out below debug: ~0.2 µs
         return await future
 
     def open_stream(self) -> Stream:
@@ -143,9 +144,9 @@ class Client:
                 if status == 0:
                     entry[0].set_result(body)
                 else:
-                    entry[0].set_exception(
-                        errors.EtcdError(errors.Code(status), body.decode(errors="replace"))
-                    )
+                    text = body.decode(errors="replace")
+                    log.warning("request_failed", request_id=rid, code=errors.Code(status).name, error=text)
+                    entry[0].set_exception(errors.EtcdError(errors.Code(status), text))
 
     async def _expire(self) -> None:
         """Fail calls the core never answered (it restarted, or a leader was lost) with etcd's timeout.
