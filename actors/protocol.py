@@ -182,6 +182,18 @@ def decode_history(body: bytes) -> tuple[list[tuple[int, list[bytes]]], int, int
     return revisions, next_rev, compacted
 
 
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative int (for writing message bytes by hand)."""
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def encode_proposal(key: int, method: int, request: bytes) -> bytes:
     """The data of a NORMAL raft entry: who asked (a member-prefixed key), what, and the request."""
     return PROPOSAL_HEADER.pack(key, method) + request

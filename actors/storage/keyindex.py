@@ -191,18 +191,8 @@ class KeyIndex:
         """
         bound = revision_bound(at_rev)
         entries = self._entries
-        out = []
-        for k in self.keys(key, range_end):
-            revs = entries[k][2]
-            rev = revs[-1]
-            if rev >= bound:
-                i = bisect_left(revs, bound)
-                if not i:
-                    continue
-                rev = revs[i - 1]
-            if len(rev) == REVISION_SIZE:
-                out.append((k, rev))
-        return out
+        visible = ((k, _visible(entries[k][2], bound)) for k in self.keys(key, range_end))
+        return [(k, rev) for k, rev in visible if rev is not None]
 
     def revisions(self, key: bytes, range_end: bytes, at_rev: int) -> list[bytes]:
         """Like :meth:`range` but only the revisions (what a multi-get of the rows needs)."""
@@ -214,18 +204,8 @@ class KeyIndex:
                 return []
             rev = _visible(entry[2], bound)
             return [] if rev is None else [rev]
-        out = []
-        for k in self.keys(key, range_end):
-            revs = entries[k][2]
-            rev = revs[-1]
-            if rev >= bound:
-                i = bisect_left(revs, bound)
-                if not i:
-                    continue
-                rev = revs[i - 1]
-            if len(rev) == REVISION_SIZE:
-                out.append(rev)
-        return out
+        visible = (_visible(entries[k][2], bound) for k in self.keys(key, range_end))
+        return [rev for rev in visible if rev is not None]
 
     def count(self, key: bytes, range_end: bytes, at_rev: int) -> int:
         """How many keys of the range existed at ``at_rev``."""

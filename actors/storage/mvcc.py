@@ -34,7 +34,7 @@ from actors import errors
 from actors.errors import Code, EtcdError
 from actors.lease.table import LeaseTable
 from actors.proto import kv_pb2, rpc_pb2
-from actors.protocol import Method
+from actors.protocol import Method, varint
 from actors.storage.backend import META, Backend
 from actors.storage.keyindex import REVISION_SIZE, KeyIndex, main_revision, revision_bound, revision_key
 from actors.storage.validate import decode
@@ -72,24 +72,11 @@ HISTORY_SCAN_ROWS = 10_000
 that), so catching a watcher up never stalls the storage actor's loop for long."""
 
 
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    if n < 0x4000:
-        return bytes(((n & 0x7F) | 0x80, n >> 7))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _event(kind: int, kv: bytes, prev: bytes | None) -> bytes:
     """Wire bytes of an ``mvccpb.Event`` (fields in number order, as protobuf writes them)."""
-    out = (b"\x08\x01\x12" if kind == EVENT_DELETE else b"\x12") + _varint(len(kv)) + kv
+    out = (b"\x08\x01\x12" if kind == EVENT_DELETE else b"\x12") + varint(len(kv)) + kv
     if prev is not None:
-        out += b"\x1a" + _varint(len(prev)) + prev
+        out += b"\x1a" + varint(len(prev)) + prev
     return out
 
 
@@ -111,7 +98,7 @@ def _embed(tag: bytes, rows: list[bytes]) -> list[bytes]:
     """Wire bytes of a repeated KeyValue field holding the serialized ``rows``."""
     parts = []
     for row in rows:
-        parts += (tag, _varint(len(row)), row)
+        parts += (tag, varint(len(row)), row)
     return parts
 
 
@@ -423,7 +410,7 @@ class MvccStore:
         if more:
             parts.append(b"\x18\x01")
         if count:
-            parts.append(b"\x20" + _varint(count))
+            parts.append(b"\x20" + varint(count))
         resp.MergeFromString(b"".join(parts))
         if req.keys_only:
             for kv in resp.kvs:
@@ -600,7 +587,7 @@ class MvccStore:
         at = self.revision + 1 if self._changes else self.revision
         live = self._index.range(req.key, req.range_end, at)
         if live:
-            parts = [b"\x10" + _varint(len(live))]
+            parts = [b"\x10" + varint(len(live))]
             watch = self.watch_events is not None
             rows = self._rows([rev for _, rev in live]) if req.prev_kv or watch else []
             if req.prev_kv:

@@ -40,6 +40,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 from actors.proto import kv_pb2, rpc_pb2
+from actors.protocol import varint
 
 StreamId = Hashable
 RevisionEvents = tuple[int, list[bytes]]  # (revision, serialized mvccpb.Events of it, in order)
@@ -84,17 +85,8 @@ class ReadHistory:
 Out = Send | ReadHistory
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _watch_id_field(watch_id: int) -> bytes:
-    return b"\x10" + _varint(watch_id & 0xFFFFFFFFFFFFFFFF) if watch_id else b""
+    return b"\x10" + varint(watch_id & 0xFFFFFFFFFFFFFFFF) if watch_id else b""
 
 
 class _Stream:
@@ -402,13 +394,13 @@ class WatchHub:
                             continue
                         if w.prev_kv or not has_prev:
                             if full is None:
-                                full = _EVENT_TAG + _varint(len(raw)) + raw
+                                full = _EVENT_TAG + varint(len(raw)) + raw
                             piece = full
                         else:
                             if bare is None:
                                 ev.ClearField("prev_kv")
                                 b = ev.SerializeToString()
-                                bare = _EVENT_TAG + _varint(len(b)) + b
+                                bare = _EVENT_TAG + varint(len(b)) + b
                             piece = bare
                         pieces = batch.get(w)
                         if pieces is None:
@@ -465,7 +457,7 @@ class WatchHub:
                         if not w.prev_kv and ev.HasField("prev_kv"):
                             ev.ClearField("prev_kv")
                             raw = ev.SerializeToString()
-                    pieces.append(_EVENT_TAG + _varint(len(raw)) + raw)
+                    pieces.append(_EVENT_TAG + varint(len(raw)) + raw)
             w.min_rev = max(min_rev, next_rev)
             if pieces:
                 self._emit(w, pieces, w.min_rev - 1, out)
@@ -563,7 +555,7 @@ class WatchHub:
         key = (revision, self.raft_term, self.cluster_id, self.member_id)
         if key != self._header_key:
             header = self._header_message(revision).SerializeToString()
-            self._header = b"\x0a" + _varint(len(header)) + header
+            self._header = b"\x0a" + varint(len(header)) + header
             self._header_key = key
         return self._header
 
