@@ -39,7 +39,7 @@ class Kind(IntEnum):
     COMMITTED = 5  # raft -> storage: (raft index, EntryType, entry data); aux = raft term
     APPLIED_DURABLE = 6  # storage -> raft, no records: aux = highest index whose effects are fsynced
     LEADERSHIP = 7  # raft -> lease, no records: aux = 1 when this member became leader, 0 when it stopped
-    LEASE_EVENTS = 8  # storage -> lease: (lease id, LeaseEvent, LEASE_EVENT body)
+    LEASE_EVENTS = 8  # storage -> lease: (0, LeaseEvent, LEASE_EVENT body)
     PUSH = 9  # watch -> session -> frontend: (stream id, 0, WatchResponse) sent without a request
     WATCH_EVENTS = 10  # storage -> watch: (revision, 0, pack_blobs(serialized Events)); aux = raft term
 
@@ -79,11 +79,11 @@ WRITES = frozenset(
 class LeaseEvent(IntEnum):
     """What happened to a lease in the replicated state (the lease actor mirrors it)."""
 
-    GRANTED = 1  # body: LEASE_EVENT (ttl, remaining ttl checkpointed or 0)
-    REVOKED = 2  # body empty
+    GRANTED = 1  # body: LEASE_EVENT (id, ttl, remaining ttl checkpointed or 0)
+    REVOKED = 2  # body: LEASE_EVENT (id, 0, 0)
 
 
-LEASE_EVENT = struct.Struct("<qq")
+LEASE_EVENT = struct.Struct("<qqq")  # lease ids are int64 and may be negative: never a record id
 
 
 class EntryType(IntEnum):

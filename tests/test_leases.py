@@ -69,3 +69,17 @@ def test_a_thousand_leases_expiring_together(cairn: Server) -> None:
         assert list(lease.LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=5).leases) == []
         kv.Put(rpc_pb2.PutRequest(key=b"still", value=b"serving"), timeout=5)
         assert exists(kv, b"still")
+
+
+def test_negative_lease_ids_are_leases_like_any_other(cairn: Server) -> None:
+    """etcd's lease ids are int64: a client may choose a negative one (found by the REST fuzzer)."""
+    channel, kv, lease = stubs(cairn)
+    with channel:
+        granted = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(ID=-13490, TTL=5), timeout=5)
+        assert (granted.ID, granted.TTL) == (-13490, 5)
+        kv.Put(rpc_pb2.PutRequest(key=b"neg", value=b"1", lease=-13490), timeout=5)
+        ttl = lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=-13490, keys=True), timeout=5)
+        assert ttl.grantedTTL == 5 and list(ttl.keys) == [b"neg"]
+        lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=-13490), timeout=5)
+        assert not exists(kv, b"neg")
+        assert exists(kv, b"neg") is False and kv.Put(rpc_pb2.PutRequest(key=b"ok", value=b"1"), timeout=5)

@@ -62,9 +62,9 @@ class LeaseActor(Actor):
                     self._read(record, now)
 
     def _mirror(self, records: list[Record], now: float) -> None:
-        for lease_id, event, body in records:
+        for _, event, body in records:
+            lease_id, ttl, remaining = LEASE_EVENT.unpack(body)
             if event == LeaseEvent.GRANTED:
-                ttl, remaining = LEASE_EVENT.unpack(body)
                 self.clock.granted(lease_id, ttl, remaining, now=now)
             elif event == LeaseEvent.REVOKED:
                 self.clock.revoked(lease_id)

@@ -123,6 +123,11 @@ class StorageActor(Actor):
                 response = store.apply(Method(method), request)
             except errors.EtcdError as e:
                 result = (key, e.code, e.message.encode())
+            except Exception:
+                # a bug, not bad input: every member fails the entry the same way, so answer it and
+                # go on rather than crash, which would replay the same entry on restart, forever
+                log.exception("apply_failed", index=index, method=method)
+                result = (key, errors.Code.INTERNAL, b"cairn: internal error applying this request")
             else:
                 self._header(response)
                 result = (key, 0, response.SerializeToString())
@@ -143,9 +148,9 @@ class StorageActor(Actor):
         for event in events:
             if event[0] == "grant":
                 _, lease_id, ttl, remaining = event
-                records.append((lease_id, LeaseEvent.GRANTED, LEASE_EVENT.pack(ttl, remaining)))
+                records.append((0, LeaseEvent.GRANTED, LEASE_EVENT.pack(lease_id, ttl, remaining)))
             else:
-                records.append((event[1], LeaseEvent.REVOKED, b""))
+                records.append((0, LeaseEvent.REVOKED, LEASE_EVENT.pack(event[1], 0, 0)))
         self.lease.extend(Kind.LEASE_EVENTS, records)
 
     def _commit(self) -> None:
