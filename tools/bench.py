@@ -124,6 +124,16 @@ def _share(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
+async def wait_connected(channels: list[Any], args: argparse.Namespace) -> None:
+    """Every channel ready within --connect-timeout, or a clear error naming the endpoints."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), args.connect_timeout)
+    except TimeoutError:
+        raise ConnectionError(
+            f"could not connect to {args.endpoints} within {args.connect_timeout:g}s"
+        ) from None
+
+
 async def _worker_main(args: argparse.Namespace, index: int, ready: Any, go: Any) -> WorkerResult:
     import grpc
 
@@ -142,14 +152,7 @@ async def _worker_main(args: argparse.Namespace, index: int, ready: Any, go: Any
     ]
     result = WorkerResult()
     try:
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(c.channel_ready() for c in channels)), args.connect_timeout
-            )
-        except TimeoutError:
-            raise ConnectionError(
-                f"could not connect to {args.endpoints} within {args.connect_timeout:g}s"
-            ) from None
+        await wait_connected(channels, args)
         calls = [c.unary_unary(method) for c in channels]  # bytes in, bytes out: no client-side decode
         latencies = array("d")
         errors: Counter[str] = Counter()
@@ -440,14 +443,7 @@ async def _watch_worker_main(
     errors: Counter[str] = Counter()
     tasks: list[asyncio.Task[None]] = []
     try:
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(c.channel_ready() for c in channels)), args.connect_timeout
-            )
-        except TimeoutError:
-            raise ConnectionError(
-                f"could not connect to {args.endpoints} within {args.connect_timeout:g}s"
-            ) from None
+        await wait_connected(channels, args)
         parse = rpc_pb2.WatchResponse.FromString
         all_created = asyncio.Event()
         pending_creates = len(streams) * args.watchers_per_stream
