@@ -2,6 +2,7 @@
 
     python -m tools.compare_bench                       # etcd vs cairn, 10 s per workload
     python -m tools.compare_bench --servers etcd,etcd   # validate the tool itself (ratios ~1.0)
+    python -m tools.compare_bench --members 3           # three-member clusters of each
 
 Each server is started on free ports in its own temp dir with the same (etcd) flags, measured alone
 (the other is not running, so an idle server does not steal CPU on a small machine), then stopped by
@@ -25,7 +26,7 @@ from tools import bench
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from servers import Server, ServerError  # noqa: E402
+from servers import Cluster, ServerError  # noqa: E402
 
 RANGE_KEY = "bench/range-key"
 
@@ -42,15 +43,15 @@ def workloads(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run_workload(server: Server, args: argparse.Namespace, sub: list[str], duration: float) -> dict[str, Any]:
-    """Run one bench workload against `server` in-process and return bench's summary dict."""
+def run_workload(target: Cluster, args: argparse.Namespace, sub: list[str], duration: float) -> dict:
+    """Run one bench workload against every member of `target` and return bench's summary dict."""
     argv = [
-        "--endpoints", server.endpoint,
+        "--endpoints", target.endpoints,
         "--clients", str(args.clients),
         "--conns", str(args.conns),
         "--procs", str(args.procs),
         "--duration", str(duration),
-        "--server-pid", str(server.pid),
+        "--server-pid", ",".join(str(m.pid) for m in target.members),
         "--quiet",
         *sub,
     ]  # fmt: skip
@@ -59,18 +60,18 @@ def run_workload(server: Server, args: argparse.Namespace, sub: list[str], durat
 
 def measure(kind: str, args: argparse.Namespace, base: Path) -> dict[str, dict[str, Any]] | str:
     """Start a fresh `kind` server, run every workload, stop it; return summaries or an error string."""
-    server = Server(kind, base / f"{kind}-{len(list(base.iterdir()))}")
+    target = Cluster(kind, args.members, base / f"{kind}-{len(list(base.iterdir()))}")
     results: dict[str, dict[str, Any]] = {}
     try:
-        _log(f"starting {kind} ...")
-        server.start()
-        _log(f"{kind} serving on {server.endpoint} (pid {server.pid})")
-        server.etcdctl("put", RANGE_KEY, "v" * args.val_size)
+        _log(f"starting {kind} ({args.members} member(s)) ...")
+        target.start()
+        _log(f"{kind} serving on {target.endpoints}")
+        target.members[0].etcdctl("put", RANGE_KEY, "v" * args.val_size)
         for label, sub in workloads(args):
             if args.warmup > 0:
-                run_workload(server, args, sub, args.warmup)
+                run_workload(target, args, sub, args.warmup)
             _log(f"{kind}: {label} for {args.duration:g}s ...")
-            s = run_workload(server, args, sub, args.duration)
+            s = run_workload(target, args, sub, args.duration)
             results[label] = s
             lat, cpu = s["latency_ms"], s.get("server_cpu_us_per_req", math.nan)
             _log(
@@ -82,7 +83,7 @@ def measure(kind: str, args: argparse.Namespace, base: Path) -> dict[str, dict[s
         _log(f"{kind} failed: {exc}")
         return f"{kind} failed: {str(exc).splitlines()[0]}"
     finally:
-        server.stop()
+        target.stop()
         _log(f"{kind} stopped")
     return results
 
@@ -139,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--conns", type=int, default=8)
     p.add_argument("--procs", type=int, default=2, help="client processes (see tools/bench.py)")
+    p.add_argument("--members", type=int, default=1, help="cluster size (clients spread over every member)")
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--key-space-size", type=int, default=100000)
     p.add_argument("--base-dir", default=None, help="where data dirs go (default: a temp dir)")
