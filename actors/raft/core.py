@@ -1000,10 +1000,12 @@ class RaftCore:
         return True
 
     def _bcast_append(self) -> None:
+        """Entries, or just the new commit index, to every follower (etcd's bcastAppend sends even
+        an empty append: followers learn a commit at once, not at the next heartbeat)."""
         me = self._id
         for v in self._prs:
             if v != me:
-                self._send_append(v, False)
+                self._send_append(v, True)
 
     def _bcast_heartbeat(self) -> None:
         me = self._id
