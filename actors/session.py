@@ -159,7 +159,7 @@ class SessionActor(Actor):
             self._fail(identity, rid, errors.REQUEST_TOO_LARGE)
             return
         try:
-            validate(Method(method), body, self.limits.max_txn_ops)
+            message = validate(Method(method), body, self.limits.max_txn_ops)
         except errors.EtcdError as e:
             self._fail(identity, rid, e)
             return
@@ -170,7 +170,7 @@ class SessionActor(Actor):
             self.raft.put(Kind.PROPOSE, (key, method, body))
         elif method == Method.LEASE_KEEPALIVE:
             self.lease.put(Kind.READ, (key, method, body))
-        elif method == Method.RANGE and rpc_pb2.RangeRequest.FromString(body).serializable:
+        elif method == Method.RANGE and message.serializable:
             self.storage.put(Kind.READ, (key, method, body))
         else:
             self.raft.put(Kind.READ, (key, method, body))

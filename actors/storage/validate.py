@@ -39,11 +39,16 @@ def decode(method: int, request: bytes) -> Message:
         ) from None
 
 
-def validate(method: int, request: bytes, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
-    """Raise the :class:`EtcdError` etcd's gRPC layer would answer before proposing, if any."""
+def validate(method: int, request: bytes, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> Message | None:
+    """Raise the :class:`EtcdError` etcd's gRPC layer would answer before proposing, if any.
+
+    Returns the parsed KV request (None for other methods), so the caller need not parse it again.
+    """
     if method not in REQUEST_TYPES:
-        return
-    check_message(method, decode(method, request), max_txn_ops)
+        return None
+    message = decode(method, request)
+    check_message(method, message, max_txn_ops)
+    return message
 
 
 def check_message(method: int, req: Message, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
