@@ -43,16 +43,42 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
     },
     "etcdserverpb.Maintenance": {"Status": Method.STATUS},
     "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
+    "etcdserverpb.Auth": {
+        "AuthEnable": Method.AUTH_ENABLE,
+        "AuthDisable": Method.AUTH_DISABLE,
+        "Authenticate": Method.AUTHENTICATE,
+        "UserAdd": Method.USER_ADD,
+        "UserGet": Method.USER_GET,
+        "UserList": Method.USER_LIST,
+        "UserDelete": Method.USER_DELETE,
+        "UserChangePassword": Method.USER_CHANGE_PASSWORD,
+        "UserGrantRole": Method.USER_GRANT_ROLE,
+        "UserRevokeRole": Method.USER_REVOKE_ROLE,
+        "RoleAdd": Method.ROLE_ADD,
+        "RoleGet": Method.ROLE_GET,
+        "RoleList": Method.ROLE_LIST,
+        "RoleDelete": Method.ROLE_DELETE,
+        "RoleGrantPermission": Method.ROLE_GRANT_PERMISSION,
+        "RoleRevokePermission": Method.ROLE_REVOKE_PERMISSION,
+    },
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
+def token(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's auth token: metadata ``token`` (clientv3), or ``authorization`` (as etcd reads)."""
+    for key, value in context.invocation_metadata() or ():
+        if key in ("token", "authorization"):
+            return value if isinstance(value, str) else None
+    return None
+
+
 def forward(client: Client, method: Method) -> Handler:
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return await client.call(method, request)
+            return await client.call(method, request, token(context))
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
@@ -68,7 +94,7 @@ def forward_stream(client: Client, method: Method) -> StreamHandler:
     ) -> AsyncIterator[bytes]:
         async for request in requests:
             try:
-                yield await client.call(method, request)
+                yield await client.call(method, request, token(context))
             except EtcdError as e:
                 await context.abort(grpc.StatusCode[e.code.name], e.message)
 
@@ -85,7 +111,7 @@ def watch_stream(client: Client) -> StreamHandler:
     async def handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        stream = client.open_stream()
+        stream = client.open_stream(token(context))
 
         async def forward_requests() -> None:
             async for request in requests:

@@ -94,6 +94,25 @@ PATHS: dict[str, tuple[str, str]] = {
     "/v3/election/resign": ("v3electionpb.Election", "Resign"),
 }
 
+AUTH_SERVED = {
+    "AuthEnable": Method.AUTH_ENABLE,
+    "AuthDisable": Method.AUTH_DISABLE,
+    "Authenticate": Method.AUTHENTICATE,
+    "UserAdd": Method.USER_ADD,
+    "UserGet": Method.USER_GET,
+    "UserList": Method.USER_LIST,
+    "UserDelete": Method.USER_DELETE,
+    "UserChangePassword": Method.USER_CHANGE_PASSWORD,
+    "UserGrantRole": Method.USER_GRANT_ROLE,
+    "UserRevokeRole": Method.USER_REVOKE_ROLE,
+    "RoleAdd": Method.ROLE_ADD,
+    "RoleGet": Method.ROLE_GET,
+    "RoleList": Method.ROLE_LIST,
+    "RoleDelete": Method.ROLE_DELETE,
+    "RoleGrantPermission": Method.ROLE_GRANT_PERMISSION,
+    "RoleRevokePermission": Method.ROLE_REVOKE_PERMISSION,
+}
+
 # The methods the node serves; every other gateway path answers Unimplemented, as gRPC does.
 SERVED: dict[tuple[str, str], Method] = {
     (_KV, "Range"): Method.RANGE,
@@ -109,6 +128,7 @@ SERVED: dict[tuple[str, str], Method] = {
     (_LEASE, "LeaseLeases"): Method.LEASE_LEASES,
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
     (_MAINT, "Status"): Method.STATUS,
+    **{(_AUTH, name): method for name, method in AUTH_SERVED.items()},
 }
 
 # grpc-gateway v1's HTTPStatusFromCode
@@ -319,7 +339,7 @@ class Gateway:
                 await self._error(exchange, Code.RESOURCE_EXHAUSTED, text, route, start)
                 return
             try:
-                answer = await self.client.call(method, data)
+                answer = await self.client.call(method, data, token(exchange))
             except EtcdError as e:
                 await self._error(exchange, e.code, e.message, route, start)
                 return
@@ -372,7 +392,7 @@ class Gateway:
             ok, first = await self._first_request(exchange, decoder, route)
             if not ok:
                 return
-            stream = self.client.open_stream()
+            stream = self.client.open_stream(token(exchange))
             reader: asyncio.Task[None] | None = None
             code = "OK"
             try:
@@ -424,7 +444,7 @@ class Gateway:
             code = "OK"
             while request is not None:
                 try:
-                    answer = await self.client.call(method, request.SerializeToString())
+                    answer = await self.client.call(method, request.SerializeToString(), token(exchange))
                 except EtcdError as e:
                     code = metrics.GRPC_CODE_NAMES[e.code]
                     await exchange.write(stream_error_chunk(e.code, e.message))
@@ -484,6 +504,12 @@ class Gateway:
             registry = REGISTRY
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
         await exchange.respond(200, body, [*CORS, (b"content-type", METRICS_CONTENT_TYPE)])
+
+
+def token(exchange: Exchange) -> str | None:
+    """The client's auth token: the ``Authorization`` header, its raw value (etcd's gateway passes
+    it on as gRPC metadata ``authorization``, which etcd reads as the token)."""
+    return exchange.headers.get("authorization")
 
 
 def _cluster_version(server: str) -> str:
