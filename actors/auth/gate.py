@@ -66,9 +66,10 @@ class AuthGate:
             user, revision = self._identify(token)
             store.check(user, revision, READ, create.key or b"\x00", create.range_end)
         except EtcdError as e:
-            response = rpc_pb2.WatchResponse(
-                watch_id=-1, created=True, canceled=True, cancel_reason=e.message
-            )
+            # etcd's reason is the gRPC status error's text: "rpc error: code = PermissionDenied desc = ..."
+            code = "".join(part.title() for part in e.code.name.split("_"))
+            reason = f"rpc error: code = {code} desc = {e.message}"
+            response = rpc_pb2.WatchResponse(watch_id=-1, created=True, canceled=True, cancel_reason=reason)
             response.header.cluster_id = self.cluster_id
             response.header.member_id = self.member_id
             return response.SerializeToString()
