@@ -18,7 +18,7 @@ import grpc
 import pytest
 from servers import Server
 
-from actors.proto import auth_pb2, rpc_pb2, rpc_pb2_grpc
+from actors.proto import rpc_pb2, rpc_pb2_grpc
 
 CURL = "curl"
 
@@ -286,7 +286,10 @@ def test_aetcd_with_username_and_password(cairn: Server) -> None:
     collide with ours in protobuf's registry)."""
     setup_users(cairn)
     result = subprocess.run(
-        [sys.executable, "-c", AETCD_SCRIPT, str(cairn.client_port)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", AETCD_SCRIPT, str(cairn.client_port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
@@ -304,7 +307,8 @@ async def main():
         auth = rpc_pb2_grpc.AuthStub(channel)
         async def guess(i):
             try:
-                await auth.Authenticate(rpc_pb2.AuthenticateRequest(name="svc", password=f"guess{i}"), timeout=60)
+                request = rpc_pb2.AuthenticateRequest(name="svc", password=f"guess{i}")
+                await auth.Authenticate(request, timeout=60)
                 return "OK"
             except grpc.aio.AioRpcError as e:
                 return e.details()
