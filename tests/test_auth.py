@@ -381,3 +381,18 @@ def test_password_guessing_burst_barely_slows_other_clients(cairn: Server) -> No
     assert loaded <= 2 * base + 0.010, (base, loaded)
     # the node still authenticates the real user at once
     assert asyncio.run(_login(cairn, "root", "rootpw"))
+
+
+def test_many_clients_of_one_account_log_in_at_once(cairn: Server) -> None:
+    """Right passwords do not use up the account's bucket: 20 simultaneous logins all succeed."""
+    setup_users(cairn)
+
+    async def logins() -> list[str]:
+        api = Api(cairn)
+        try:
+            return await asyncio.gather(*(api.login("svc", "pw") for _ in range(20)))
+        finally:
+            await api.close()
+
+    tokens = asyncio.run(logins())
+    assert len(set(tokens)) == 20

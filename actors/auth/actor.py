@@ -8,10 +8,14 @@ the request with its password replaced by the hash (UserAdd/ChangePassword, so n
 reaches the raft log). Hashing in the core rather than in a frontend keeps password hashes inside
 the core and gives every frontend (gRPC, REST, RESP, ZeroMQ) the same limits:
 
-- a per-user bucket of password checks (:class:`FailureLimiter`): a guesser gets a few checks, then
-  "etcdserver: too many requests" at no hashing cost;
-- a bounded job queue: beyond it, requests are refused at once rather than queued behind seconds
-  of hashing. So a flood costs the node at most the one worker thread's core.
+- a per-user bucket of password checks (:class:`FailureLimiter`): a few checks of one user run at
+  once, a right password gives its token back, a wrong one keeps it (refilled at ``rate`` a
+  second). Checks beyond the bucket wait in the user's line (``user_waiting`` at most, for
+  ``wait_seconds`` at most); beyond that, "etcdserver: too many requests" at no hashing cost. So
+  many clients of one account logging in at once are served in turn, while a guesser gets a
+  handful of checks;
+- a bounded job queue across users: beyond it, requests are refused at once rather than queued
+  behind seconds of hashing. So a flood costs the node at most the one worker thread's core.
 
 This is where a pluggy auth-backend hook will sit: a name and credentials in, "authenticated
 user" (then a token proposal) out.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +47,7 @@ from actors.protocol import AUTHED, Kind, Method, Record, decode_authed, encode_
 log = structlog.get_logger()
 
 DONE_URL = "inproc://cairn/auth-done"
+RETRY_INTERVAL = 0.1  # seconds between looks at the users whose checks wait for their bucket
 BCRYPT_MAX_BYTES = 72  # bcrypt looks at the first 72 bytes of a password (Go's bcrypt truncated too)
 
 
@@ -50,7 +56,9 @@ class AuthSettings:
     bcrypt_cost: int = 10
     queue_size: int = 64  # password jobs waiting for the worker before new ones are refused
     burst: int = 5  # password checks a user may have in a row ...
-    rate: float = 1.0  # ... then this many a second
+    rate: float = 1.0  # ... then this many a second (right passwords do not count)
+    user_waiting: int = 32  # checks of one user waiting for the bucket, beyond which they are refused
+    wait_seconds: float = 5.0  # ... and how long one waits (the session times requests out at 7 s)
 
 
 @dataclass(slots=True)
@@ -60,6 +68,7 @@ class _Check:
     password: bytes
     stored: bytes
     revision: int
+    deadline: float = 0.0  # monotonic: refused with "too many requests" if it cannot start by then
     ok: bool = False
     token: str = ""
     error: str = ""
@@ -92,6 +101,8 @@ class AuthActor(Actor):
         self.raft = Mailbox(ctx, "raft")
         self.session = Mailbox(ctx, "session")
         self.limiter = FailureLimiter(settings.burst, settings.rate)
+        self.waiting: dict[str, deque[_Check]] = {}  # per user: checks waiting for the bucket
+        self.next_retry = 0.0
         self.jobs: queue.Queue[_Check | _Hash | None] = queue.Queue(settings.queue_size)
         self.results: queue.SimpleQueue[_Check | _Hash] = queue.SimpleQueue()
         self.worker = threading.Thread(target=self._work, args=(ctx,), name="bcrypt", daemon=True)
@@ -153,14 +164,40 @@ class AuthActor(Actor):
             raise errors.AUTH_FAILED.copy()
         if record.options.no_password:
             raise errors.NO_PASSWORD_USER.copy()
-        now = time.monotonic()
-        if not self.limiter.take(req.name, now):
+        line = self.waiting.setdefault(req.name, deque())
+        if len(line) >= self.settings.user_waiting:
             log.warning("authenticate_rate_limited", user=req.name)
             raise errors.TOO_MANY_REQUESTS.copy()
-        job = _Check(key, req.name, _password(req.password), record.password, store.revision)
-        if not self._submit(job):
-            self.limiter.give_back(req.name, now)
-            raise errors.TOO_MANY_REQUESTS.copy()
+        now = time.monotonic()
+        deadline = now + self.settings.wait_seconds
+        line.append(_Check(key, req.name, _password(req.password), record.password, store.revision, deadline))
+        self._dispatch(req.name, now)
+
+    def _dispatch(self, name: str, now: float) -> None:
+        """Start the user's waiting checks its bucket allows; refuse those that waited too long."""
+        line = self.waiting.get(name)
+        while line:
+            job = line[0]
+            if job.deadline < now:
+                line.popleft()
+                self._fail(job.key, errors.TOO_MANY_REQUESTS)
+            elif self.limiter.take(name, now):
+                line.popleft()
+                if not self._submit(job):
+                    self.limiter.give_back(name, now)
+                    self._fail(job.key, errors.TOO_MANY_REQUESTS)
+            else:
+                return
+        self.waiting.pop(name, None)
+
+    def deadline(self) -> float | None:
+        return self.next_retry if self.waiting else None
+
+    def on_time(self, now: float) -> None:
+        """Buckets refill with time: start (or refuse) what waits."""
+        self.next_retry = now + RETRY_INTERVAL
+        for name in list(self.waiting):
+            self._dispatch(name, now)
 
     def _user_add(self, key: int, user: str | None, revision: int, req: rpc_pb2.AuthUserAddRequest) -> None:
         self.store.check_admin(user or "")
@@ -191,16 +228,18 @@ class AuthActor(Actor):
         if isinstance(job, _Hash):
             self._propose(job.key, job.method, job.user, job.revision, pack_blobs((job.request, job.hashed)))
             return
+        if job.ok:  # a right password does not count against the user
+            self.limiter.give_back(job.name, time.monotonic())
         if job.error:
             log.error("authenticate_token_failed", user=job.name, error=job.error)
             self._fail(job.key, EtcdError(errors.Code.INTERNAL, job.error))
         elif job.ok:
-            self.limiter.give_back(job.name, time.monotonic())
             body = pack_blobs((job.name.encode(), job.token.encode(), fingerprint(job.stored)))
             self.raft.put(Kind.PROPOSE, (job.key, Method.AUTHENTICATE, body))
         else:
             log.info("authenticate_failed", user=job.name)
             self._fail(job.key, errors.AUTH_FAILED)
+        self._dispatch(job.name, time.monotonic())
 
     def _propose(self, key: int, method: int, user: str | None, revision: int, body: bytes) -> None:
         if user is None:
