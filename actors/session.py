@@ -17,7 +17,7 @@ import structlog
 import zmq
 
 from actors import errors
-from actors.auth.gate import AuthGate
+from actors.auth.gate import AuthGate, TokenNotApplied
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
@@ -40,6 +40,7 @@ log = structlog.get_logger()
 CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT}
 
 
+TOKEN_RETRY = 0.005  # seconds between retries of requests whose token this member has not applied yet
 KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
 
@@ -103,6 +104,9 @@ class SessionActor(Actor):
         self.stream_keys: dict[tuple[bytes, int], int] = {}
         self.last_seen: dict[bytes, float] = {}
         self.next_sweep = time.monotonic() + 1.0
+        # requests held until this member applies their token's Authenticate entry
+        self.parked: list[tuple[bytes, int, int, bytes, float, str | None]] = []
+        self.next_retry = 0.0
 
     def sockets(self) -> Sequence[zmq.Socket]:
         return (self.front, self.inbox)
@@ -201,6 +205,9 @@ class SessionActor(Actor):
         try:
             message = validate(Method(method), body, self.limits.max_txn_ops)
             routed, body = (method, body) if self.gate is None else self.gate.tag(method, body, token)
+        except TokenNotApplied:
+            self.parked.append((identity, rid, method, body, deadline, token))
+            return
         except errors.EtcdError as e:
             self._fail(identity, rid, e)
             return
@@ -244,11 +251,15 @@ class SessionActor(Actor):
             self._reply(identity, (rid, status, body))
 
     def deadline(self) -> float | None:
-        return self.next_sweep
+        return min(self.next_sweep, self.next_retry) if self.parked else self.next_sweep
 
     def on_time(self, now: float) -> None:
         """Answer requests that raft never committed in time (a lost leader) with etcd's timeout,
         and close the watch streams of frontends that went away (crashed or restarted)."""
+        if self.parked and now >= self.next_retry:
+            self._retry_parked(now)
+        if now < self.next_sweep:
+            return
         self.next_sweep = now + 1.0
         late = [key for key, (_, _, deadline) in self.waiting.items() if deadline < now]
         for key in late:
@@ -260,6 +271,15 @@ class SessionActor(Actor):
                 self._stream_request(identity, stream_id, Method.WATCH_CLOSE, b"")
             for identity in gone:
                 del self.last_seen[identity]
+
+    def _retry_parked(self, now: float) -> None:
+        self.next_retry = now + TOKEN_RETRY
+        parked, self.parked = self.parked, []
+        for identity, rid, method, body, deadline, token in parked:
+            if deadline < now:
+                self._fail(identity, rid, errors.INVALID_AUTH_TOKEN)
+            else:
+                self._request(identity, rid, method, body, deadline, token)
 
     def flush(self) -> None:
         self.raft.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import bcrypt
@@ -263,3 +264,27 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         again.check("svc", revision, WRITE, b"/app/x")
     finally:
         backend.close()
+
+
+def test_gate_holds_tokens_this_member_has_not_applied_yet(backend: Backend) -> None:
+    from actors.auth.gate import AuthGate, TokenNotApplied
+
+    store = enabled_store(backend)
+    gate = AuthGate(store, cluster_id=1, member_id=2)
+    store.applied_index = 10
+    body = rpc_pb2.PutRequest(key=b"/app/x").SerializeToString()
+    with pytest.raises(TokenNotApplied):  # issued at index 11 through another member
+        gate.tag(Method.PUT, body, "a" * 16 + ".11")
+    with pytest.raises(EtcdError) as e:  # index 9 is applied here: a token nobody issued
+        gate.tag(Method.PUT, body, "a" * 16 + ".9")
+    assert e.value == errors.INVALID_AUTH_TOKEN and not isinstance(e.value, TokenNotApplied)
+    token = store.tokens.assign("svc", "a" * 16, 11, now=time.monotonic())
+    method, tagged = gate.tag(Method.PUT, body, token)
+    assert method == Method.PUT | 0x80 and tagged.endswith(body)
+    denial = gate.watch_denial(
+        rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"/other")).SerializeToString(),
+        token,
+    )
+    response = rpc_pb2.WatchResponse.FromString(denial)
+    assert response.canceled and response.created and response.watch_id == -1
+    assert response.cancel_reason == "rpc error: code = PermissionDenied desc = etcdserver: permission denied"

@@ -18,6 +18,7 @@ import time
 
 from google.protobuf.message import DecodeError
 
+from actors import errors
 from actors.auth.perms import READ
 from actors.auth.store import IDENTIFIED, AuthStore
 from actors.errors import EtcdError
@@ -29,6 +30,14 @@ from actors.protocol import AUTHED, Method, encode_authed
 TOKEN_CHECKED = IDENTIFIED | {Method.COMPACT, Method.LEASE_GRANT}
 
 
+class TokenNotApplied(EtcdError):
+    """A simple token whose Authenticate entry this member has not applied yet (it was issued
+    through another member): the session holds the request until it is, as etcd does."""
+
+    def __init__(self) -> None:
+        super().__init__(errors.INVALID_AUTH_TOKEN.code, errors.INVALID_AUTH_TOKEN.message)
+
+
 class AuthGate:
     def __init__(self, store: AuthStore, cluster_id: int, member_id: int) -> None:
         self.store = store
@@ -36,7 +45,13 @@ class AuthGate:
         self.member_id = member_id
 
     def _identify(self, token: str | None) -> tuple[str, int]:
-        return self.store.identify(token, time.monotonic(), time.time())
+        try:
+            return self.store.identify(token, time.monotonic(), time.time())
+        except EtcdError:
+            _, dot, index = (token or "").rpartition(".")
+            if dot and index.isdigit() and int(index) > self.store.applied_index:
+                raise TokenNotApplied() from None
+            raise
 
     def tag(self, method: int, body: bytes, token: str | None) -> tuple[int, bytes]:
         """The method and body to route: with an auth header once auth is on; raises etcd's

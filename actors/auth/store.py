@@ -107,6 +107,9 @@ class AuthStore:
             elif key == REVISION:
                 self.revision = int.from_bytes(value, "big")
         self._perms: dict[str, RangePermissions] = {}
+        self.applied_index = 0
+        """The raft index applied so far (the storage actor keeps it current): a simple token names
+        the index of its Authenticate entry, so a member can tell "not applied yet" from "unknown"."""
 
     # -- who is asking --------------------------------------------------------------------------------
 

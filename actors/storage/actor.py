@@ -72,6 +72,7 @@ class StorageActor(Actor):
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
         self.auth = AuthStore(self.backend, tokens)
+        self.auth.applied_index = self.backend.applied_index
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
@@ -142,6 +143,7 @@ class StorageActor(Actor):
             if key & 0xFFFF_0000_0000_0000 == mine:
                 results.append(result)
         self._commit()
+        self.auth.applied_index = self.applied
         self.session.extend(Kind.RESULT, results)
         if self.store.lease_events:
             self._send_lease_events(self.store.lease_events)
