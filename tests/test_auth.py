@@ -448,3 +448,36 @@ def test_auth_state_survives_a_restart(cairn: Server) -> None:
     denied = cairn.etcdctl("--user", "svc:pw", "put", "/other", "1", check=False)
     assert "etcdserver: permission denied" in denied.stderr
     assert cairn.etcdctl("put", "/app/x", "1", check=False).returncode != 0  # still on
+
+
+async def _lease_steps(server: Server) -> list[tuple[str, str]]:
+    api = Api(server)
+    lease = rpc_pb2_grpc.LeaseStub(api.channel)
+    try:
+        svc, root = await api.login("svc", "pw"), await api.login("root", "rootpw")
+        granted = await lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60), metadata=api.meta(svc))
+        own = await lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60), metadata=api.meta(svc))
+        secret = rpc_pb2.PutRequest(key=b"/secret", value=b"s", lease=granted.ID)
+        await api.kv.Put(secret, metadata=api.meta(root))
+        await api.kv.Put(rpc_pb2.PutRequest(key=b"/app/l", lease=own.ID), metadata=api.meta(svc))
+        ttl = rpc_pb2.LeaseTimeToLiveRequest
+        return [
+            await _error(lease.LeaseTimeToLive(ttl(ID=granted.ID, keys=True), metadata=api.meta(svc))),
+            await _error(
+                lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=granted.ID), metadata=api.meta(svc))
+            ),
+            # a put naming a lease that holds keys the user cannot write is refused too (etcd's rule)
+            await _error(
+                api.kv.Put(rpc_pb2.PutRequest(key=b"/app/m", lease=granted.ID), metadata=api.meta(svc))
+            ),
+            await _error(lease.LeaseTimeToLive(ttl(ID=own.ID, keys=True), metadata=api.meta(svc))),
+            await _error(lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=own.ID), metadata=api.meta(svc))),
+        ]
+    finally:
+        await api.close()
+
+
+def test_leases_holding_keys_the_user_cannot_touch(cairn: Server) -> None:
+    setup_users(cairn)
+    denied = ("PERMISSION_DENIED", "etcdserver: permission denied")
+    assert asyncio.run(_lease_steps(cairn)) == [denied, denied, denied, ("OK", ""), ("OK", "")]
