@@ -96,6 +96,26 @@ WRITES = frozenset(
 
 AUTH_METHODS = frozenset(m for m in Method if 50 <= m < 80)
 
+AUTH_RPCS: dict[str, Method] = {
+    "AuthEnable": Method.AUTH_ENABLE,
+    "AuthDisable": Method.AUTH_DISABLE,
+    "Authenticate": Method.AUTHENTICATE,
+    "UserAdd": Method.USER_ADD,
+    "UserGet": Method.USER_GET,
+    "UserList": Method.USER_LIST,
+    "UserDelete": Method.USER_DELETE,
+    "UserChangePassword": Method.USER_CHANGE_PASSWORD,
+    "UserGrantRole": Method.USER_GRANT_ROLE,
+    "UserRevokeRole": Method.USER_REVOKE_ROLE,
+    "RoleAdd": Method.ROLE_ADD,
+    "RoleGet": Method.ROLE_GET,
+    "RoleList": Method.ROLE_LIST,
+    "RoleDelete": Method.ROLE_DELETE,
+    "RoleGrantPermission": Method.ROLE_GRANT_PERMISSION,
+    "RoleRevokePermission": Method.ROLE_REVOKE_PERMISSION,
+}
+"""The etcdserverpb.Auth service's RPC names and the method each is (gRPC and REST serve them all)."""
+
 AUTHED = 0x80
 """Set on a record's method byte (PROPOSE and READ records inside the core, raft entries) when its
 body starts with an auth header: who asked and at which auth store revision (etcd's

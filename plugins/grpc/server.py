@@ -19,7 +19,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from actors.errors import EtcdError
-from actors.protocol import Method
+from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from node.config import NodeConfig
 
@@ -43,24 +43,7 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
     },
     "etcdserverpb.Maintenance": {"Status": Method.STATUS},
     "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
-    "etcdserverpb.Auth": {
-        "AuthEnable": Method.AUTH_ENABLE,
-        "AuthDisable": Method.AUTH_DISABLE,
-        "Authenticate": Method.AUTHENTICATE,
-        "UserAdd": Method.USER_ADD,
-        "UserGet": Method.USER_GET,
-        "UserList": Method.USER_LIST,
-        "UserDelete": Method.USER_DELETE,
-        "UserChangePassword": Method.USER_CHANGE_PASSWORD,
-        "UserGrantRole": Method.USER_GRANT_ROLE,
-        "UserRevokeRole": Method.USER_REVOKE_ROLE,
-        "RoleAdd": Method.ROLE_ADD,
-        "RoleGet": Method.ROLE_GET,
-        "RoleList": Method.ROLE_LIST,
-        "RoleDelete": Method.ROLE_DELETE,
-        "RoleGrantPermission": Method.ROLE_GRANT_PERMISSION,
-        "RoleRevokePermission": Method.ROLE_REVOKE_PERMISSION,
-    },
+    "etcdserverpb.Auth": AUTH_RPCS,
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]

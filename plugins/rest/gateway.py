@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from actors import metrics
 from actors.errors import Code, EtcdError
 from actors.proto import rpc_pb2, v3election_pb2, v3lock_pb2
-from actors.protocol import Method
+from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from plugins.rest import jsonpb
 from plugins.rest.http import Exchange, Handler, Headers
@@ -94,25 +94,6 @@ PATHS: dict[str, tuple[str, str]] = {
     "/v3/election/resign": ("v3electionpb.Election", "Resign"),
 }
 
-AUTH_SERVED = {
-    "AuthEnable": Method.AUTH_ENABLE,
-    "AuthDisable": Method.AUTH_DISABLE,
-    "Authenticate": Method.AUTHENTICATE,
-    "UserAdd": Method.USER_ADD,
-    "UserGet": Method.USER_GET,
-    "UserList": Method.USER_LIST,
-    "UserDelete": Method.USER_DELETE,
-    "UserChangePassword": Method.USER_CHANGE_PASSWORD,
-    "UserGrantRole": Method.USER_GRANT_ROLE,
-    "UserRevokeRole": Method.USER_REVOKE_ROLE,
-    "RoleAdd": Method.ROLE_ADD,
-    "RoleGet": Method.ROLE_GET,
-    "RoleList": Method.ROLE_LIST,
-    "RoleDelete": Method.ROLE_DELETE,
-    "RoleGrantPermission": Method.ROLE_GRANT_PERMISSION,
-    "RoleRevokePermission": Method.ROLE_REVOKE_PERMISSION,
-}
-
 # The methods the node serves; every other gateway path answers Unimplemented, as gRPC does.
 SERVED: dict[tuple[str, str], Method] = {
     (_KV, "Range"): Method.RANGE,
@@ -128,7 +109,7 @@ SERVED: dict[tuple[str, str], Method] = {
     (_LEASE, "LeaseLeases"): Method.LEASE_LEASES,
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
     (_MAINT, "Status"): Method.STATUS,
-    **{(_AUTH, name): method for name, method in AUTH_SERVED.items()},
+    **{(_AUTH, name): method for name, method in AUTH_RPCS.items()},
 }
 
 # grpc-gateway v1's HTTPStatusFromCode
