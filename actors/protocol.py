@@ -120,7 +120,7 @@ AUTHED = 0x80
 """Set on a record's method byte (PROPOSE and READ records inside the core, raft entries) when its
 body starts with an auth header: who asked and at which auth store revision (etcd's
 RequestHeader.Username and AuthRevision). The storage actor checks permissions against it."""
-AUTH_HEADER = struct.Struct("<QH")  # auth revision, length of the user name (UTF-8) that follows
+AUTH_HEADER = struct.Struct("<QI")  # auth revision, length of the user name (UTF-8) that follows
 
 
 def encode_authed(user: str, auth_revision: int, body: bytes) -> bytes:
@@ -139,8 +139,13 @@ TOKEN_LENGTH = struct.Struct("<H")
 
 
 def encode_with_token(token: str, request: bytes) -> bytes:
-    """A TOKEN_REQUEST record body: the client's auth token (u16 length + UTF-8), then the request."""
-    raw = token.encode()
+    """A TOKEN_REQUEST record body: the client's auth token (u16 length + UTF-8), then the request.
+
+    A token too long for its length field is no token any member issued: it travels as the empty
+    token, which the core refuses as "invalid auth token" like any other unknown one."""
+    raw = token.encode("utf-8", "replace")
+    if len(raw) > 0xFFFF:
+        raw = b""
     return TOKEN_LENGTH.pack(len(raw)) + raw + request
 
 
