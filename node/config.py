@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 import yaml
 
-DEFAULT_PLUGINS: dict[str, dict[str, Any]] = {"grpc": {}, "rest": {}}
+DEFAULT_PLUGINS: dict[str, dict[str, Any]] = {"grpc": {}, "rest": {}, "cert-cn": {}}
 
 
 class ConfigError(ValueError):
@@ -50,6 +50,11 @@ class NodeConfig:
     auth_token: str = "simple"
     auth_token_ttl: int = 300
     bcrypt_cost: int = 10
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    auto_tls: bool = False
     core_url: str = ""
     plugins: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_PLUGINS))
 
@@ -79,6 +84,14 @@ class NodeConfig:
             raise ConfigError(f"bcrypt-cost {self.bcrypt_cost} is not between 4 and 31")
         if self.auth_token.partition(",")[0] not in ("simple", "jwt"):
             raise ConfigError(f"auth-token {self.auth_token!r}: the token type must be simple or jwt")
+        if self.client_tls_enabled() and not (self.cert_file and self.key_file) and not self.auto_tls:
+            url = next(u for u in split_urls(self.listen_client_urls) if u.startswith("https://"))
+            raise ConfigError(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url "
+                f"{url} with HTTPS scheme"
+            )
+        if self.client_cert_auth and not self.trusted_ca_file:
+            raise ConfigError("client-cert-auth needs trusted-ca-file (the CA of the client certificates)")
         if self.name not in self.cluster_peers():
             raise ConfigError(f"initial-cluster has no entry for this member's name {self.name!r}")
 
@@ -111,6 +124,10 @@ class NodeConfig:
         """``listen-client-urls`` as (host, port) pairs for the frontends to bind."""
         return [host_port(url, "listen-client-urls") for url in split_urls(self.listen_client_urls)]
 
+    def client_tls_enabled(self) -> bool:
+        """Whether any client listener is ``https://`` (TLS is per URL, as etcd: http ones stay plain)."""
+        return any(u.startswith("https://") for u in split_urls(self.listen_client_urls))
+
     def to_json(self) -> bytes:
         return orjson.dumps({f.name: getattr(self, f.name) for f in fields(self)})
 
@@ -136,7 +153,21 @@ def host_port(url: str, key: str) -> tuple[str, int]:
 
 
 _INT_KEYS = {f.name for f in fields(NodeConfig) if f.type == "int"}
+_BOOL_KEYS = {f.name for f in fields(NodeConfig) if f.type == "bool"}
 _KEYS = {f.name for f in fields(NodeConfig)}
+# etcd's config file nests the client TLS keys (embed/config.go securityConfig); flags are flat
+_NESTED = ("client-transport-security", "client_transport_security")
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "t", "yes"):
+        return True
+    if text in ("false", "0", "f", "no"):
+        return False
+    raise ConfigError(f"{key.replace('_', '-')}: {value!r} is not true or false")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -145,6 +176,8 @@ def _coerce(key: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key.replace('_', '-')}: {value!r} is not an integer") from None
+    if key in _BOOL_KEYS:
+        return _bool(key, value)
     if key == "plugins":
         if not isinstance(value, Mapping):
             raise ConfigError("plugins must be a mapping of plugin name to settings")
@@ -157,7 +190,12 @@ def _coerce(key: str, value: Any) -> Any:
 def from_mapping(values: Mapping[str, Any]) -> NodeConfig:
     """Build a config from etcd-style keys (``data-dir``), ignoring keys cairn does not know yet."""
     known = {}
-    for raw_key, value in values.items():
+    flat = dict(values)
+    for nested in _NESTED:
+        section = flat.pop(nested, None)
+        if isinstance(section, Mapping):
+            flat.update({k: v for k, v in section.items() if k not in flat})
+    for raw_key, value in flat.items():
         key = raw_key.replace("-", "_")
         if key in _KEYS and value is not None:
             known[key] = _coerce(key, value)
@@ -187,8 +225,11 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         "--config-file", help="YAML file with etcd config keys (flags and ETCD_* are then ignored)"
     )
     for f in fields(NodeConfig):
-        if f.name != "plugins":
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in _BOOL_KEYS:  # etcd's boolean flags: bare (--auto-tls) or --auto-tls=false
+            parser.add_argument(flag, dest=f.name, default=None, nargs="?", const="true")
+        elif f.name != "plugins":
+            parser.add_argument(flag, dest=f.name, default=None)
     args = parser.parse_args(argv)
     config_file = args.config_file or environ.get("ETCD_CONFIG_FILE")
     if config_file:

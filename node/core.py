@@ -13,6 +13,7 @@ import structlog
 import zmq
 
 from actors.auth.actor import AuthActor, AuthSettings
+from actors.auth.backends import BackendChain
 from actors.auth.gate import AuthGate
 from actors.auth.tokens import token_provider
 from actors.lease.actor import LeaseActor, LeaseSettings
@@ -23,6 +24,7 @@ from actors.storage.actor import StorageActor, StorageSettings
 from actors.watch.actor import WatchActor
 from node.config import NodeConfig, split_urls
 from node.logging import setup_logging
+from node.plugins import auth_backends
 from node.supervisor import EXIT_FATAL
 
 log = structlog.get_logger()
@@ -68,9 +70,10 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
         ),
     )
     limits = Limits(config.max_request_bytes, config.max_txn_ops)
-    gate = AuthGate(storage.auth, config.cluster_id, config.member_id)
+    backends = BackendChain(auth_backends(config))
+    gate = AuthGate(storage.auth, config.cluster_id, config.member_id, backends)
     session = SessionActor(ctx, config.core_url, config.member_id, limits, gate)
-    auth = AuthActor(ctx, storage.auth, AuthSettings(bcrypt_cost=config.bcrypt_cost))
+    auth = AuthActor(ctx, storage.auth, AuthSettings(bcrypt_cost=config.bcrypt_cost), backends)
     log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")
     watch = WatchActor(ctx, config.cluster_id, config.member_id, storage.store.revision)
     return Loop([session, raft, storage, lease, watch, auth])

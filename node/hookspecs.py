@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import pluggy
 
 if TYPE_CHECKING:
+    from actors.auth.backends import AuthBackend
     from node.api import Client
     from node.config import NodeConfig
 
@@ -36,3 +37,10 @@ class FrontendSpec:
     @hookspec
     def cairn_frontends(self, config: NodeConfig, settings: dict) -> list[Frontend]:
         """Return the frontends this plugin runs; ``settings`` is its entry of the config's ``plugins:``."""
+
+
+class AuthBackendSpec:
+    @hookspec
+    def cairn_auth_backends(self, config: NodeConfig, settings: dict) -> list[AuthBackend]:
+        """Return the auth backends this plugin provides (see ``actors/auth/backends.py``); called
+        once in the core process at start, in the order the config's ``plugins:`` lists them."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pluggy
 import structlog
 
+from actors.auth.backends import AuthBackend
 from node.config import ConfigError, NodeConfig
-from node.hookspecs import PROJECT, Frontend, FrontendSpec
+from node.hookspecs import PROJECT, AuthBackendSpec, Frontend, FrontendSpec
 
 log = structlog.get_logger()
 
@@ -15,6 +16,7 @@ def plugin_manager(config: NodeConfig) -> pluggy.PluginManager:
     """A manager holding exactly the plugins the config enables (``enabled: false`` turns one off)."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(FrontendSpec)
+    pm.add_hookspecs(AuthBackendSpec)
     pm.load_setuptools_entrypoints(PROJECT)
     available = {name for name, _ in pm.list_name_plugin()}
     for name in set(config.plugins) - available:
@@ -36,4 +38,16 @@ def frontends(config: NodeConfig) -> list[Frontend]:
         settings = config.plugins.get(impl.plugin_name, {})
         result.extend(impl.function(config=config, settings=settings))
     log.info("plugins_loaded", frontends=[f.name for f in result])
+    return result
+
+
+def auth_backends(config: NodeConfig) -> list[AuthBackend]:
+    """The enabled plugins' auth backends, in the order the config lists the plugins."""
+    pm = plugin_manager(config)
+    order = list(config.plugins)
+    impls = sorted(pm.hook.cairn_auth_backends.get_hookimpls(), key=lambda i: order.index(i.plugin_name))
+    result: list[AuthBackend] = []
+    for impl in impls:
+        result.extend(impl.function(config=config, settings=config.plugins.get(impl.plugin_name, {})))
+    log.info("auth_backends_loaded", backends=[b.name for b in result])
     return result

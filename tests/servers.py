@@ -115,6 +115,7 @@ class Server:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         ready_timeout: float = 30.0,
+        client_tls: tuple[str, str, str] | None = None,
     ) -> None:
         if kind not in ("etcd", "cairn"):
             raise ValueError(f"unknown server kind {kind!r}")
@@ -133,6 +134,7 @@ class Server:
         self.extra_args = list(extra_args)
         self.env = env
         self.ready_timeout = ready_timeout
+        self.client_tls = client_tls  # (ca, cert, key) a client uses; the URLs become https
         self.initial_cluster = f"{name}={self.peer_url}"  # a Cluster sets every member's
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -144,7 +146,22 @@ class Server:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.client_tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    def tls_flags(self) -> list[str]:
+        """etcdctl's flags for this node's client TLS (none for a plain node)."""
+        if not self.client_tls:
+            return []
+        ca, cert, key = self.client_tls
+        return [f"--cacert={ca}", f"--cert={cert}", f"--key={key}"]
+
+    def channel(self) -> grpc.Channel:
+        """A gRPC channel to the client port, with TLS when the node has it."""
+        if not self.client_tls:
+            return grpc.insecure_channel(self.endpoint)
+        ca, cert, key = (Path(p).read_bytes() for p in self.client_tls)
+        return grpc.secure_channel(self.endpoint, grpc.ssl_channel_credentials(ca, key, cert))
 
     @property
     def peer_url(self) -> str:
@@ -211,7 +228,7 @@ class Server:
         timeout = self.ready_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         last_error = "no attempt"
-        with grpc.insecure_channel(self.endpoint) as channel:
+        with self.channel() as channel:
             rng = channel.unary_unary("/etcdserverpb.KV/Range")
             while True:
                 if self._proc is None or self._proc.poll() is not None:
@@ -320,7 +337,9 @@ class Server:
 
         Text mode decodes with surrogateescape so non-UTF-8 output (-w protobuf) never raises.
         """
-        return run_etcdctl(self.endpoint, *args, input=input, check=check, timeout=timeout, text=text)
+        return run_etcdctl(
+            self.endpoint, *self.tls_flags(), *args, input=input, check=check, timeout=timeout, text=text
+        )
 
 
 class Cluster:

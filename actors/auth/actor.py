@@ -17,8 +17,9 @@ the core and gives every frontend (gRPC, REST, RESP, ZeroMQ) the same limits:
 - a bounded job queue across users: beyond it, requests are refused at once rather than queued
   behind seconds of hashing. So a flood costs the node at most the one worker thread's core.
 
-This is where a pluggy auth-backend hook will sit: a name and credentials in, "authenticated
-user" (then a token proposal) out.
+Users created with ``--no-password`` are checked by the plugin auth backends instead
+(``actors/auth/backends.py``), on the same worker thread and behind the same limits; without any
+such backend they get etcd's "password was given for no password user".
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import zmq
 from google.protobuf.message import DecodeError
 
 from actors import errors
+from actors.auth.backends import BackendChain
 from actors.auth.limiter import FailureLimiter
 from actors.auth.store import AuthStore, fingerprint
 from actors.errors import EtcdError
@@ -66,7 +68,7 @@ class _Check:
     key: int
     name: str
     password: bytes
-    stored: bytes
+    stored: bytes  # the store's hash, or b"" for a no-password user the plugin backends check
     revision: int
     deadline: float = 0.0  # monotonic: refused with "too many requests" if it cannot start by then
     ok: bool = False
@@ -92,8 +94,11 @@ def _password(text: str) -> bytes:
 class AuthActor(Actor):
     name = "auth"
 
-    def __init__(self, ctx: zmq.Context, store: AuthStore, settings: AuthSettings) -> None:
+    def __init__(
+        self, ctx: zmq.Context, store: AuthStore, settings: AuthSettings, backends: BackendChain | None = None
+    ) -> None:
         self.store = store
+        self.backends = backends or BackendChain()
         self.settings = settings
         self.inbox = inbox(ctx, self.name)
         self.done = ctx.socket(zmq.PULL)
@@ -162,7 +167,7 @@ class AuthActor(Actor):
         record = store.users.get(req.name)
         if record is None:
             raise errors.AUTH_FAILED.copy()
-        if record.options.no_password:
+        if record.options.no_password and not self.backends:
             raise errors.NO_PASSWORD_USER.copy()
         line = self.waiting.setdefault(req.name, deque())
         if len(line) >= self.settings.user_waiting:
@@ -234,7 +239,8 @@ class AuthActor(Actor):
             log.error("authenticate_token_failed", user=job.name, error=job.error)
             self._fail(job.key, EtcdError(errors.Code.INTERNAL, job.error))
         elif job.ok:
-            body = pack_blobs((job.name.encode(), job.token.encode(), fingerprint(job.stored)))
+            checked = fingerprint(job.stored) if job.stored else b""  # b"": a plugin backend vouched
+            body = pack_blobs((job.name.encode(), job.token.encode(), checked))
             self.raft.put(Kind.PROPOSE, (job.key, Method.AUTHENTICATE, body))
         else:
             log.info("authenticate_failed", user=job.name)
@@ -259,7 +265,7 @@ class AuthActor(Actor):
                 if isinstance(job, _Hash):
                     job.hashed = bcrypt.hashpw(job.password, bcrypt.gensalt(self.settings.bcrypt_cost))
                 else:
-                    job.ok = _checkpw(job.password, job.stored)
+                    job.ok = self._verify(job)
                     if job.ok:
                         try:
                             job.token = tokens.new_token(job.name, job.revision, time.time())
@@ -269,6 +275,14 @@ class AuthActor(Actor):
                 wake.send(b"")
         finally:
             wake.close(linger=0)
+
+    def _verify(self, job: _Check) -> bool:
+        if job.stored:
+            return _checkpw(job.password, job.stored)
+        backend = self.backends.verify_password(job.name, job.password)
+        if backend is not None:
+            log.info("authenticated_by_backend", user=job.name, backend=backend)
+        return backend is not None
 
     def flush(self) -> None:
         self.raft.flush()

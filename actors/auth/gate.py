@@ -19,6 +19,7 @@ import time
 from google.protobuf.message import DecodeError
 
 from actors import errors
+from actors.auth.backends import CERTIFICATE_PREFIX, BackendChain
 from actors.auth.perms import READ
 from actors.auth.store import IDENTIFIED, AuthStore
 from actors.errors import EtcdError
@@ -39,12 +40,19 @@ class TokenNotApplied(EtcdError):
 
 
 class AuthGate:
-    def __init__(self, store: AuthStore, cluster_id: int, member_id: int) -> None:
+    def __init__(
+        self, store: AuthStore, cluster_id: int, member_id: int, backends: BackendChain | None = None
+    ) -> None:
         self.store = store
+        self.backends = backends or BackendChain()
         self.cluster_id = cluster_id
         self.member_id = member_id
 
     def _identify(self, token: str | None) -> tuple[str, int]:
+        if token is not None and token.startswith(CERTIFICATE_PREFIX):
+            # etcd's AuthInfoFromTLS: the certificate's user at the current auth revision
+            user = self.backends.certificate_user(token[len(CERTIFICATE_PREFIX) :])
+            return (user, self.store.revision) if user else ("", 0)
         try:
             return self.store.identify(token, time.monotonic(), time.time())
         except EtcdError:

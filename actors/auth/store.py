@@ -240,8 +240,12 @@ class AuthStore:
         if not self.enabled:
             raise errors.AUTH_NOT_ENABLED.copy()
         record = self.users.get(name)
-        # the password was checked against this hash before proposing: a change since refuses it
-        if record is None or record.options.no_password or fingerprint(record.password) != checked:
+        # the password was checked against this hash before proposing: a change since refuses it;
+        # an empty fingerprint is a plugin backend's word, good only for a no-password user
+        vouched = not checked
+        if record is None or record.options.no_password != vouched or (
+            checked and fingerprint(record.password) != checked
+        ):
             raise errors.AUTH_FAILED.copy()
         return rpc_pb2.AuthenticateResponse(token=self.tokens.assign(name, proposed, index, now))
 

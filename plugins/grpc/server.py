@@ -18,10 +18,12 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from actors.auth.backends import request_token
 from actors.errors import EtcdError
 from actors.protocol import AUTH_RPCS, Method
+from node import tls
 from node.api import Client
-from node.config import NodeConfig
+from node.config import NodeConfig, split_urls
 
 log = structlog.get_logger()
 
@@ -47,6 +49,7 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+TokenOf = Callable[[grpc.aio.ServicerContext], str | None]
 StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
@@ -58,10 +61,21 @@ def token(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def forward(client: Client, method: Method) -> Handler:
+def token_or_certificate(context: grpc.aio.ServicerContext) -> str | None:
+    """With client-cert-auth: the token, else the verified client certificate's CN (gRPC's own
+    TLS), else the CN the shared port's splice recorded for this connection."""
+    raw = token(context)
+    if raw is not None:
+        return request_token(raw, None)
+    names = context.auth_context().get("x509_common_name")
+    common_name = names[0].decode() if names else tls.SPLICED_PEERS.common_name(context.peer())
+    return request_token(None, common_name)
+
+
+def forward(client: Client, method: Method, token_of: TokenOf = token) -> Handler:
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return await client.call(method, request, token(context))
+            return await client.call(method, request, token_of(context))
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
@@ -69,7 +83,7 @@ def forward(client: Client, method: Method) -> Handler:
     return handler
 
 
-def forward_stream(client: Client, method: Method) -> StreamHandler:
+def forward_stream(client: Client, method: Method, token_of: TokenOf = token) -> StreamHandler:
     """A bidirectional stream where each request gets one response (LeaseKeepAlive)."""
 
     async def handler(
@@ -77,14 +91,14 @@ def forward_stream(client: Client, method: Method) -> StreamHandler:
     ) -> AsyncIterator[bytes]:
         async for request in requests:
             try:
-                yield await client.call(method, request, token(context))
+                yield await client.call(method, request, token_of(context))
             except EtcdError as e:
                 await context.abort(grpc.StatusCode[e.code.name], e.message)
 
     return handler
 
 
-def watch_stream(client: Client) -> StreamHandler:
+def watch_stream(client: Client, token_of: TokenOf = token) -> StreamHandler:
     """etcd's Watch: requests flow to the core's watch hub while its pushed responses flow back.
 
     A client that half-closes keeps receiving, as with etcd; the stream ends when the client
@@ -94,7 +108,7 @@ def watch_stream(client: Client) -> StreamHandler:
     async def handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        stream = client.open_stream(token(context))
+        stream = client.open_stream(token_of(context))
 
         async def forward_requests() -> None:
             async for request in requests:
@@ -142,12 +156,15 @@ class GrpcFrontend:
     def __init__(self, config: NodeConfig, settings: dict) -> None:
         self.config = config
         listen = settings.get("listen")
+        self.secure: set[str] = set()  # addresses served with TLS
         if listen:
             self.addresses = [listen] if isinstance(listen, str) else list(listen)
         elif shares_client_port(config):
-            self.addresses = [internal_address(config)]
+            self.addresses = [internal_address(config)]  # TLS ends at the shared port
         else:
+            urls = split_urls(config.listen_client_urls)
             self.addresses = [f"{h}:{p}" for h, p in config.client_addresses()]
+            self.secure = {a for a, url in zip(self.addresses, urls, strict=True) if tls.is_tls_url(url)}
         self.server: grpc.aio.Server | None = None
 
     async def start(self, client: Client) -> None:
@@ -160,27 +177,31 @@ class GrpcFrontend:
             ]
         )
         handlers = []
+        token_of = token_or_certificate if self.config.client_cert_auth else token
         for service, methods in UNARY_METHODS.items():
             table = {
-                name: grpc.unary_unary_rpc_method_handler(forward(client, method))
+                name: grpc.unary_unary_rpc_method_handler(forward(client, method, token_of))
                 for name, method in methods.items()
             }
             if service == "etcdserverpb.Lease":
                 table["LeaseKeepAlive"] = grpc.stream_stream_rpc_method_handler(
-                    forward_stream(client, Method.LEASE_KEEPALIVE)
+                    forward_stream(client, Method.LEASE_KEEPALIVE, token_of)
                 )
             handlers.append(grpc.method_handlers_generic_handler(service, table))
-        watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
+        watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client, token_of))}
         handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))
         server.add_generic_rpc_handlers(handlers)
         checker = health.aio.HealthServicer()
         await checker.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
         for address in self.addresses:
-            server.add_insecure_port(address)
+            if address in self.secure:
+                server.add_secure_port(address, tls.grpc_credentials(self.config))
+            else:
+                server.add_insecure_port(address)
         await server.start()
         self.server = server
-        log.info("grpc_serving", addresses=self.addresses)
+        log.info("grpc_serving", addresses=self.addresses, tls=sorted(self.secure))
 
     async def stop(self, grace: float) -> None:
         if self.server is not None:

@@ -20,6 +20,7 @@ import structlog
 from google.protobuf.message import Message
 
 from actors import metrics
+from actors.auth.backends import request_token
 from actors.errors import Code, EtcdError
 from actors.proto import rpc_pb2, v3election_pb2, v3lock_pb2
 from actors.protocol import AUTH_RPCS, Method
@@ -489,8 +490,9 @@ class Gateway:
 
 def token(exchange: Exchange) -> str | None:
     """The client's auth token: the ``Authorization`` header, its raw value (etcd's gateway passes
-    it on as gRPC metadata ``authorization``, which etcd reads as the token)."""
-    return exchange.headers.get("authorization")
+    it on as gRPC metadata ``authorization``, which etcd reads as the token); without one, the
+    CN of the client's certificate when client-cert-auth verified one (see docs/security.md)."""
+    return request_token(exchange.headers.get("authorization"), exchange._conn.common_name)
 
 
 def _cluster_version(server: str) -> str:

@@ -17,6 +17,8 @@ from typing import Protocol
 import h11
 import structlog
 
+from node.tls import common_name
+
 log = structlog.get_logger()
 
 Headers = list[tuple[bytes, bytes]]
@@ -103,10 +105,12 @@ class HttpConnection(asyncio.Protocol):
         self.writable.set()
         self.closed = False
         self._handler: Handler | None = None
+        self.common_name: str | None = None  # of the client's verified TLS certificate
 
     # -- asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.common_name = common_name(transport.get_extra_info("peercert"))
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import socket
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import structlog
 
 from actors import metrics
+from node import tls
 from node.api import Client
-from node.config import ConfigError, NodeConfig
+from node.config import ConfigError, NodeConfig, split_urls
 from plugins.grpc.server import internal_address, shares_client_port
 from plugins.rest.gateway import DEFAULT_VERSION, Gateway
 from plugins.rest.http import HttpConnection, Limits
@@ -30,31 +34,35 @@ from plugins.rest.http import HttpConnection, Limits
 log = structlog.get_logger()
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish its TLS handshake
 SPLICE_LOW, SPLICE_HIGH = 64 * 1024, 1024 * 1024  # write buffer marks on each side of a splice
 
 
-def _addresses(config: NodeConfig, listen: object) -> list[tuple[str, int]]:
+def _addresses(config: NodeConfig, listen: object) -> list[tuple[str, int, bool]]:
+    """(host, port, TLS?) of each listener: ``https://`` URLs get TLS."""
     if not listen:
-        return config.client_addresses()
+        urls = split_urls(config.listen_client_urls)
+        return [(h, p, tls.is_tls_url(u)) for (h, p), u in zip(config.client_addresses(), urls, strict=True)]
     items = [listen] if isinstance(listen, str) else list(listen)  # type: ignore[call-overload]
     result = []
     for item in items:
         url = item if "://" in item else "http://" + item
         parts = urlsplit(url)
         if not parts.hostname or not parts.port:
-            raise ConfigError(f"plugins.rest.listen: {item!r} is not host:port or http://host:port")
-        result.append((parts.hostname, parts.port))
+            raise ConfigError(f"plugins.rest.listen: {item!r} is not host:port or http(s)://host:port")
+        result.append((parts.hostname, parts.port, tls.is_tls_url(url)))
     return result
 
 
 class Pipe(asyncio.Protocol):
     """One direction-pair end of a splice: what this transport reads goes to the peer."""
 
-    __slots__ = ("peer", "transport")
+    __slots__ = ("on_lost", "peer", "transport")
 
-    def __init__(self, peer: asyncio.Transport) -> None:
+    def __init__(self, peer: asyncio.Transport, on_lost: Callable[[], None] | None = None) -> None:
         self.peer = peer
         self.transport: asyncio.Transport | None = None
+        self.on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -77,6 +85,8 @@ class Pipe(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer.close()
+        if self.on_lost is not None:
+            self.on_lost()
 
 
 class PortProtocol(asyncio.Protocol):
@@ -118,12 +128,26 @@ class PortProtocol(asyncio.Protocol):
     async def _to_grpc(self) -> None:
         client = self.transport
         loop = asyncio.get_running_loop()
+        common_name = tls.common_name(client.get_extra_info("peercert"))
+        spliced = None if common_name is None else tls.SPLICED_PEERS.add(common_name)
+        forget = None if spliced is None else functools.partial(tls.SPLICED_PEERS.remove, spliced)
         try:
             if self.frontend.grpc_path is None:
                 raise ConnectionRefusedError("no gRPC server on this port")
-            backend, _ = await loop.create_unix_connection(lambda: Pipe(client), self.frontend.grpc_path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                if spliced is not None:  # gRPC reports this name as the peer: the CN's key
+                    sock.bind("\0" + spliced)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, self.frontend.grpc_path)
+            except BaseException:
+                sock.close()
+                raise
+            backend, _ = await loop.create_unix_connection(lambda: Pipe(client, forget), sock=sock)
         except OSError as e:
             log.warning("grpc_splice_failed", error=str(e))
+            if forget is not None:
+                forget()
             client.close()
             return
         if client.is_closing():
@@ -169,12 +193,21 @@ class RestFrontend:
         loop = asyncio.get_running_loop()
         shared = self.grpc_path is not None
         factory = (lambda: PortProtocol(self)) if shared else self.http_protocol
-        for host, port in self.addresses:
-            server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        context = tls.server_context(self.config) if any(s for _, _, s in self.addresses) else None
+        for host, port, secure in self.addresses:
+            server = await loop.create_server(
+                factory,
+                host,
+                port,
+                reuse_address=True,
+                backlog=1024,
+                ssl=context if secure else None,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if secure else None,
+            )
             self.servers.append(server)
         log.info(
             "rest_serving",
-            addresses=[f"{h}:{p}" for h, p in self.addresses],
+            addresses=[f"{'https' if s else 'http'}://{h}:{p}" for h, p, s in self.addresses],
             grpc_spliced_to=self.grpc_path.replace("\0", "@") if shared else None,
         )
 

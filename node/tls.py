@@ -1,0 +1,129 @@
+"""TLS for the client listeners, from etcd's keys: one place that turns the config into the
+server-side contexts every frontend uses (asyncio ``ssl`` for REST and RESP, gRPC credentials).
+
+TLS is per listen URL, as in etcd: ``https://`` URLs get it, ``http://`` ones stay plain. With
+``client-cert-auth`` a client must present a certificate signed by ``trusted-ca-file``; its
+Common Name then stands for the user when the request carries no token (etcd's AuthInfoFromTLS),
+resolved in the core by the auth backends (``actors/auth/backends.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+import grpc
+import structlog
+
+from node.certs import self_signed_pair
+from node.config import ConfigError, NodeConfig
+
+log = structlog.get_logger()
+
+# etcd 3.4's minimum (transport.TLSInfo): TLS 1.2
+MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{key} {path!r}: {e.strerror}") from None
+
+
+def certificate_files(config: NodeConfig) -> tuple[str, str]:
+    """(cert file, key file): the configured pair, or auto-tls's self-signed one."""
+    if config.cert_file and config.key_file:
+        return config.cert_file, config.key_file
+    # etcd: auto-tls writes a self-signed pair to <data-dir>/fixtures/client, reused across restarts
+    hosts = sorted({host for host, _ in config.client_addresses()})
+    return self_signed_pair(os.path.join(config.data_dir, "fixtures", "client"), hosts)
+
+
+class RefusalLoggingSSLObject(ssl.SSLObject):
+    """Logs refused handshakes, which asyncio and uvloop drop silently (a certificate from
+    another CA, none under client-cert-auth, plain text to a TLS port); both event loops build
+    their server-side TLS with the context's ``sslobject_class``."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as e:
+            log.warning("tls_handshake_refused", reason=e.reason or str(e), error=str(e))
+            raise
+
+
+def server_context(config: NodeConfig) -> ssl.SSLContext:
+    """The asyncio server context of REST and RESP listeners on ``https://`` URLs."""
+    cert, key = certificate_files(config)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = MINIMUM_VERSION
+    try:
+        context.load_cert_chain(cert, key)
+        if config.trusted_ca_file:
+            context.load_verify_locations(cafile=config.trusted_ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cert-file/key-file/trusted-ca-file: cannot load: {e}") from None
+    context.verify_mode = ssl.CERT_REQUIRED if config.client_cert_auth else ssl.CERT_NONE
+    context.sslobject_class = RefusalLoggingSSLObject
+    # gRPC clients offer only h2 (C-core insists on getting it); curl offers both and must get
+    # http/1.1, as the shared port sends every HTTP/2 connection to gRPC: the server's order wins
+    context.set_alpn_protocols(["http/1.1", "h2"])
+    return context
+
+
+def grpc_credentials(config: NodeConfig) -> grpc.ServerCredentials:
+    """gRPC's own TLS, for a gRPC listener that does not sit behind the shared port."""
+    cert, key = certificate_files(config)
+    ca = _read(config.trusted_ca_file, "trusted-ca-file") if config.trusted_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(_read(key, "key-file"), _read(cert, "cert-file"))],
+        root_certificates=ca,
+        require_client_auth=config.client_cert_auth,
+    )
+
+
+def common_name(peercert: dict[str, Any] | None) -> str | None:
+    """The subject CN of a verified peer certificate (``SSLObject.getpeercert()``), if any."""
+    for rdn in (peercert or {}).get("subject", ()):
+        for attribute, value in rdn:
+            if attribute == "commonName":
+                return str(value)
+    return None
+
+
+def is_tls_url(url: str) -> bool:
+    return url.startswith("https://")
+
+
+class SplicedPeers:
+    """The certificate CNs of TLS connections the shared port splices to the gRPC server.
+
+    The splice ends TLS in the REST frontend, so gRPC sees a unix-socket peer: each splice binds
+    its end of that socket to a unique abstract name, which gRPC reports as the call's peer
+    (``unix-abstract:NAME``), and records the CN under it here (same process, same loop).
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}
+        self._next = 0
+
+    def add(self, common_name: str) -> str:
+        """Register a connection; returns the abstract socket name to bind (without the NUL)."""
+        self._next += 1
+        name = f"cairn-splice-{os.getpid()}-{self._next}"
+        self._names["unix-abstract:" + name] = common_name
+        return name
+
+    def remove(self, name: str) -> None:
+        self._names.pop("unix-abstract:" + name, None)
+
+    def common_name(self, peer: str) -> str | None:
+        return self._names.get(peer)
+
+
+SPLICED_PEERS = SplicedPeers()

@@ -1,0 +1,1 @@
+"""Auth backend: a static credentials file, htpasswd-style with bcrypt hashes (docs/security.md)."""
