@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import orjson
 import yaml
 
+from actors.raft.curve import parse_public_keys
+
 DEFAULT_PLUGINS: dict[str, dict[str, Any]] = {"grpc": {}, "rest": {}, "cert-cn": {}}
 
 
@@ -55,6 +57,7 @@ class NodeConfig:
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
     auto_tls: bool = False
+    peer_curve_public_keys: str = ""
     core_url: str = ""
     plugins: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_PLUGINS))
 
@@ -92,6 +95,10 @@ class NodeConfig:
             )
         if self.client_cert_auth and not self.trusted_ca_file:
             raise ConfigError("client-cert-auth needs trusted-ca-file (the CA of the client certificates)")
+        try:
+            parse_public_keys(self.peer_curve_public_keys)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.name not in self.cluster_peers():
             raise ConfigError(f"initial-cluster has no entry for this member's name {self.name!r}")
 

@@ -19,10 +19,11 @@ from actors.auth.tokens import token_provider
 from actors.lease.actor import LeaseActor, LeaseSettings
 from actors.loop import Loop
 from actors.raft.actor import Member, RaftActor, RaftSettings
+from actors.raft.curve import CurveSettings, key_pair, parse_public_keys
 from actors.session import Limits, SessionActor, key_prefix
 from actors.storage.actor import StorageActor, StorageSettings
 from actors.watch.actor import WatchActor
-from node.config import NodeConfig, split_urls
+from node.config import ConfigError, NodeConfig, split_urls
 from node.logging import setup_logging
 from node.plugins import auth_backends
 from node.supervisor import EXIT_FATAL
@@ -37,6 +38,22 @@ def members(config: NodeConfig) -> tuple[Member, ...]:
         Member(ids[name], name, tuple(urls), own_clients if name == config.name else ())
         for name, urls in config.cluster_peers().items()
     )
+
+
+def curve_settings(config: NodeConfig) -> CurveSettings | None:
+    """CURVE for the peer links when ``peer-curve-public-keys`` is set (actors/raft/curve.py)."""
+    keys = parse_public_keys(config.peer_curve_public_keys)
+    if not keys:
+        return None
+    public, secret = key_pair(config.data_dir)
+    listed = keys.get(config.name)
+    if listed is not None and listed != public:
+        raise ConfigError(
+            f"peer-curve-public-keys lists {listed.decode()} for this member ({config.name}), "
+            f"but its key in {config.data_dir}/curve is {public.decode()}"
+        )
+    ids = config.member_ids()
+    return CurveSettings(public, secret, {ids[name]: key for name, key in keys.items() if name in ids})
 
 
 def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
@@ -67,6 +84,7 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             heartbeat_ms=config.heartbeat_interval,
             election_ms=config.election_timeout,
             applied=storage.applied_index,
+            curve=curve_settings(config),
         ),
     )
     limits = Limits(config.max_request_bytes, config.max_txn_ops)

@@ -24,6 +24,7 @@ from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
 from actors.protocol import Kind, Method, Record, encode_proposal, unpack
 from actors.raft.core import NotLeader, RaftCore, Ready
+from actors.raft.curve import CurveSettings
 from actors.raft.durable import DurableLog
 from actors.raft.syncer import LogSyncer
 from actors.raft.transport import PeerTransport
@@ -52,6 +53,7 @@ class RaftSettings:
     election_ms: int = 1000
     applied: int = 0
     keep_entries: int = 10000
+    curve: CurveSettings | None = None  # CURVE on the peer links (actors/raft/curve.py)
 
 
 class RaftActor(Actor):
@@ -91,6 +93,7 @@ class RaftActor(Actor):
             settings.member_id,
             settings.listen_peer_urls,
             {m.id: m.peer_urls for m in settings.members},
+            settings.curve,
         )
         self.interval = settings.heartbeat_ms / 1000.0
         self.next_tick = time.monotonic() + self.interval
@@ -106,7 +109,8 @@ class RaftActor(Actor):
         self._drain_ready()
 
     def sockets(self) -> Sequence[zmq.Socket]:
-        return (self.inbox, self.transport.inbound, self.syncer.done)
+        zap = () if self.transport.zap is None else (self.transport.zap.socket,)
+        return (self.inbox, self.transport.inbound, self.syncer.done, *zap)
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
         if sock is self.syncer.done:
@@ -114,6 +118,9 @@ class RaftActor(Actor):
             if rd is not None:
                 self._finish(rd)
             self._drain_ready()
+            return
+        if self.transport.zap is not None and sock is self.transport.zap.socket:
+            self.transport.zap.answer(messages)
             return
         if sock is self.transport.inbound:
             peer_messages, forwarded = self.transport.receive(messages)

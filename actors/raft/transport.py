@@ -22,6 +22,7 @@ import zmq
 from actors.protocol import Kind, MalformedFrame, Record, pack, unpack
 from actors.raft import codec
 from actors.raft.core import Message
+from actors.raft.curve import CurveSettings, ZapHandler, secure_client, secure_server
 
 log = structlog.get_logger()
 
@@ -46,12 +47,21 @@ class PeerTransport:
         member_id: int,
         listen_urls: Sequence[str],
         peers: dict[int, Sequence[str]],
+        curve: CurveSettings | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.member_id = member_id
+        self.curve = curve
+        self.zap: ZapHandler | None = None
+        if curve is not None:
+            # a context of their own: the ZAP handler then guards the peer sockets and nothing else
+            ctx = zmq.Context()
+            self.zap = ZapHandler(ctx, set(curve.peers.values()))
         self.inbound = ctx.socket(zmq.ROUTER)
         self.inbound.setsockopt(zmq.LINGER, 0)
         self.inbound.setsockopt(zmq.RCVHWM, PEER_HWM)
+        if curve is not None:
+            secure_server(self.inbound, curve)
         for url in listen_urls:
             self.inbound.bind(zmq_url(url))
         self.ctx = ctx
@@ -86,7 +96,13 @@ class PeerTransport:
         old = self.outbound.pop(peer, None)
         if old is not None:
             old.close(linger=0)
+        server_key = None if self.curve is None else self.curve.peers.get(peer)
+        if self.curve is not None and server_key is None:
+            log.error("peer_curve_key_unknown", peer=f"{peer:x}", url=url)
+            return  # no key to authenticate it by: no link (add it to peer-curve-public-keys)
         sock = self.ctx.socket(zmq.DEALER)
+        if server_key is not None:
+            secure_client(sock, self.curve, server_key)  # type: ignore[arg-type]
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, PEER_HWM)
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -153,3 +169,6 @@ class PeerTransport:
         self.inbound.close(linger=0)
         for sock in self.outbound.values():
             sock.close(linger=0)
+        if self.zap is not None:
+            self.zap.close()
+            self.ctx.term()
