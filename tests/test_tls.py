@@ -170,9 +170,16 @@ def test_auto_tls_makes_a_self_signed_certificate_in_the_data_dir(tmp_path: Path
 
 
 def test_tls_settings_are_etcds_keys(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"TLS key/cert \(--cert-file, --key-file\) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme"):  # noqa: E501
+    with pytest.raises(
+        ConfigError,
+        match=r"TLS key/cert \(--cert-file, --key-file\) must be provided for client url "
+        r"https://127.0.0.1:2379 with HTTPS scheme",
+    ):
         parse_args(["--listen-client-urls", "https://127.0.0.1:2379"], environ={})
-    config = parse_args(["--auto-tls", "--client-cert-auth=false", "--listen-client-urls", "https://127.0.0.1:2379"], environ={})  # noqa: E501
+    config = parse_args(
+        ["--auto-tls", "--client-cert-auth=false", "--listen-client-urls", "https://127.0.0.1:2379"],
+        environ={},
+    )
     assert config.auto_tls and not config.client_cert_auth
     with pytest.raises(ConfigError, match="client-cert-auth: 'maybe' is not true or false"):
         parse_args(["--client-cert-auth=maybe"], environ={})
@@ -184,5 +191,8 @@ def test_tls_settings_are_etcds_keys(tmp_path: Path) -> None:
     )
     config = load_file(str(path))  # etcd's config file nests the client TLS keys
     assert (config.cert_file, config.key_file, config.trusted_ca_file, config.client_cert_auth) == (
-        "/c.pem", "/k.pem", "/ca.pem", True
+        "/c.pem",
+        "/k.pem",
+        "/ca.pem",
+        True,
     )

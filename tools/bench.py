@@ -36,6 +36,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 PERCENTILES = (10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
@@ -151,6 +152,17 @@ async def wait_connected(channels: list[Any], args: argparse.Namespace) -> None:
         ) from None
 
 
+def open_channel(endpoint: str, args: argparse.Namespace, options: list) -> Any:
+    """A gRPC aio channel, with TLS (and a client certificate) when --cacert (--cert, --key) are given."""
+    import grpc
+
+    if not args.cacert:
+        return grpc.aio.insecure_channel(endpoint, options=options)
+    files = (args.cacert, args.cert_file, args.key_file)
+    ca, cert, key = (Path(p).read_bytes() if p else None for p in files)
+    return grpc.aio.secure_channel(endpoint, grpc.ssl_channel_credentials(ca, key, cert), options=options)
+
+
 async def _worker_main(args: argparse.Namespace, index: int, ready: Any, go: Any) -> WorkerResult:
     import grpc
 
@@ -163,10 +175,7 @@ async def _worker_main(args: argparse.Namespace, index: int, ready: Any, go: Any
         ("grpc.use_local_subchannel_pool", 1),  # really one TCP connection per channel
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
-    channels = [
-        grpc.aio.insecure_channel(endpoints[(index + i) % len(endpoints)], options=options)
-        for i in range(n_conns)
-    ]
+    channels = [open_channel(endpoints[(index + i) % len(endpoints)], args, options) for i in range(n_conns)]
     result = WorkerResult()
     try:
         await wait_connected(channels, args)
@@ -456,7 +465,7 @@ async def _watch_worker_main(
     streams = list(range(index, args.streams, args.procs))
     ranges = _watch_ranges(args)
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    channels = [grpc.aio.insecure_channel(endpoints[s % len(endpoints)], options=options) for s in streams]
+    channels = [open_channel(endpoints[s % len(endpoints)], args, options) for s in streams]
     result = WatchWorkerResult()
     revisions, arrivals = array("q"), array("d")
     errors: Counter[str] = Counter()
@@ -555,7 +564,7 @@ async def _put_at_rate(args: argparse.Namespace) -> tuple[list[int], array, arra
     value = (b"v" * args.val_size)[: args.val_size]
     sent, acked, revs = array("d", [0.0] * n), array("d", [0.0] * n), array("q", [0] * n)
     errors: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(args.endpoints.split(",")[0]) as channel:
+    async with open_channel(args.endpoints.split(",")[0], args, []) as channel:
         await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         put = channel.unary_unary("/etcdserverpb.KV/Put")
         requests = [rpc_pb2.PutRequest(key=_watch_key(k), value=value).SerializeToString() for k in keys]
@@ -770,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--user", default="", help="NAME:PASSWORD: authenticate and send the token (auth on)")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.add_argument("--cacert", default="", help="TLS: the CA of the server's certificate (as etcdctl)")
+    p.add_argument("--cert", dest="cert_file", default="", help="TLS: the client certificate (with --key)")
+    p.add_argument("--key", dest="key_file", default="", help="TLS: the client certificate's key")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def writes(sp: argparse.ArgumentParser) -> None:

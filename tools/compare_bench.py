@@ -71,14 +71,34 @@ def run_workload(target: Cluster, args: argparse.Namespace, sub: list[str], dura
         "--server-pid", ",".join(str(m.pid) for m in target.members),
         "--quiet",
         *(["--user", args.user] if args.user else []),
+        *tls_client_flags(target),
         *sub,
     ]  # fmt: skip
     return bench.run(bench.build_parser().parse_args(argv))
 
 
+def tls_client_flags(target: Cluster) -> list[str]:
+    tls = target.members[0].client_tls
+    return [] if not tls else ["--cacert", tls[0], "--cert", tls[1], "--key", tls[2]]
+
+
+def tls_cluster(kind: str, members: int, base: Path) -> Cluster:
+    """A cluster whose client port is https with client-cert-auth, the same flags for etcd and cairn."""
+    from certs import Authority
+
+    ca = Authority(base / "pki")
+    server, client = ca.issue("server"), ca.issue("root")
+    flags = [f"--cert-file={server.cert}", f"--key-file={server.key}", f"--trusted-ca-file={ca.ca}"]
+    target = Cluster(kind, members, base, extra_args=[*flags, "--client-cert-auth"])
+    for member in target.members:
+        member.client_tls = (ca.ca, client.cert, client.key)
+    return target
+
+
 def measure(kind: str, args: argparse.Namespace, base: Path) -> dict[str, dict[str, Any]] | str:
     """Start a fresh `kind` server, run every workload, stop it; return summaries or an error string."""
-    target = Cluster(kind, args.members, base / f"{kind}-{len(list(base.iterdir()))}")
+    where = base / f"{kind}-{len(list(base.iterdir()))}"
+    target = tls_cluster(kind, args.members, where) if args.tls else Cluster(kind, args.members, where)
     results: dict[str, dict[str, Any]] = {}
     try:
         _log(f"starting {kind} ({args.members} member(s)) ...")
@@ -167,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base-dir", default=None, help="where data dirs go (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="also dump all summaries as JSON on stdout")
     p.add_argument("--user", default="", help="NAME:PASSWORD: measure with auth on, as this (non-root) user")
+    p.add_argument("--tls", action="store_true", help="https client port with client-cert-auth (test CA)")
     args = p.parse_args(argv)
 
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]

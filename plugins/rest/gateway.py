@@ -492,7 +492,7 @@ def token(exchange: Exchange) -> str | None:
     """The client's auth token: the ``Authorization`` header, its raw value (etcd's gateway passes
     it on as gRPC metadata ``authorization``, which etcd reads as the token); without one, the
     CN of the client's certificate when client-cert-auth verified one (see docs/security.md)."""
-    return request_token(exchange.headers.get("authorization"), exchange._conn.common_name)
+    return request_token(exchange.headers.get("authorization"), exchange.common_name)
 
 
 def _cluster_version(server: str) -> str:

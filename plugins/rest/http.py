@@ -43,7 +43,18 @@ class Limits:
 class Exchange:
     """One request and its response, as a handler sees it."""
 
-    __slots__ = ("_chunks", "_conn", "_started", "body", "headers", "http10", "method", "path", "query")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_started",
+        "body",
+        "common_name",
+        "headers",
+        "http10",
+        "method",
+        "path",
+        "query",
+    )
 
     def __init__(self, conn: HttpConnection, request: h11.Request) -> None:
         self._conn = conn
@@ -52,6 +63,7 @@ class Exchange:
         self.path, _, self.query = target.partition("?")
         self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
         self.http10 = request.http_version == b"1.0"
+        self.common_name = conn.common_name  # of the client's verified TLS certificate, if any
         self.body = b""
         self._chunks: asyncio.Queue[bytes | None] | None = None
         self._started = False
