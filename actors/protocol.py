@@ -42,6 +42,7 @@ class Kind(IntEnum):
     LEASE_EVENTS = 8  # storage -> lease: (0, LeaseEvent, LEASE_EVENT body)
     PUSH = 9  # watch -> session -> frontend: (stream id, 0, WatchResponse) sent without a request
     WATCH_EVENTS = 10  # storage -> watch: (revision, 0, pack_blobs(serialized Events)); aux = raft term
+    DB_SIZE = 31  # storage -> session, no records: aux = the backend's size in bytes (space quota)
 
 
 class Method(IntEnum):
@@ -67,12 +68,24 @@ class Method(IntEnum):
     WATCH_HISTORY = 16  # watch -> storage (READ) and back (RESULT): past events for a catching-up watcher
     STATUS = 20
     MEMBER_LIST = 21
+    DEFRAGMENT = 31  # per member, not replicated: compacts this member's RocksDB
+    HASH = 32  # per member: crc32c of the whole backend
+    HASH_KV = 33  # per member: etcd's HashKV of the MVCC rows up to a revision
+    ALARM = 34  # a raft entry, GET included (as in etcd)
 
 
 STREAM_METHODS = frozenset({Method.WATCH, Method.WATCH_CLOSE, Method.WATCH_BLOCKED, Method.WATCH_READY})
 
 WRITES = frozenset(
-    {Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT, Method.LEASE_GRANT, Method.LEASE_REVOKE}
+    {
+        Method.PUT,
+        Method.DELETE_RANGE,
+        Method.TXN,
+        Method.COMPACT,
+        Method.LEASE_GRANT,
+        Method.LEASE_REVOKE,
+        Method.ALARM,
+    }
 )
 
 

@@ -21,7 +21,8 @@ from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
 from actors.protocol import STREAM_METHODS, WRITES, Kind, MalformedFrame, Method, Record, pack, unpack
-from actors.storage.validate import validate
+from actors.storage.quota import SpaceQuota
+from actors.storage.validate import REQUEST_TYPES, check_message, decode
 
 log = structlog.get_logger()
 
@@ -30,6 +31,9 @@ CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT}
 
 KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
+ALARM_RETRY = 1.0  # seconds between two NOSPACE alarm proposals of this member
+QUOTA_METHODS = frozenset({Method.PUT, Method.TXN, Method.LEASE_GRANT})
+MEMBER_LOCAL = frozenset({Method.DEFRAGMENT, Method.HASH, Method.HASH_KV})  # served by this member's storage
 
 
 @dataclass(slots=True, frozen=True)
@@ -37,6 +41,7 @@ class Limits:
     max_request_bytes: int = 1572864
     max_txn_ops: int = 128
     request_timeout: float = 7.0
+    quota_backend_bytes: int = 0  # etcd's --quota-backend-bytes: 0 = 2 GiB, negative = none
 
 
 def _varint_size(n: int) -> int:
@@ -76,6 +81,9 @@ class SessionActor(Actor):
         self.watch = Mailbox(ctx, "watch")
         self.limits = limits
         self.prefix = key_prefix(member_id)
+        self.member_id = member_id
+        self.quota = SpaceQuota(limits.quota_backend_bytes)
+        self.alarm_raised = float("-inf")  # when this member last proposed its NOSPACE alarm
         # like etcd's request ids: start from the clock, so keys of a restarted member never repeat
         # those of its previous run (a late result for an old key would answer a new request)
         self.counter = (int(time.time() * 1000) & 0xFF_FFFF_FFFF) << 8
@@ -114,8 +122,10 @@ class SessionActor(Actor):
                             self._request(identity, rid, method, body, deadline)
             return
         for (frame,) in messages:
-            kind, _, records = unpack(frame)
-            if kind == Kind.PUSH:
+            kind, aux, records = unpack(frame)
+            if kind == Kind.DB_SIZE:
+                self.quota.report(aux)
+            elif kind == Kind.PUSH:
                 for key, _, body in records:
                     self._push(key, body)
             else:
@@ -155,11 +165,16 @@ class SessionActor(Actor):
         key = self._next_key()
         # follows one request through the logs: the frontend logs request_id, the actors log key
         log.debug("request_received", frontend=identity.hex(), request_id=rid, key=f"{key:x}", method=method)
-        if method in WRITES and proposal_size(key, body) > self.limits.max_request_bytes:
-            self._fail(identity, rid, errors.REQUEST_TOO_LARGE)
-            return
         try:
-            message = validate(Method(method), body, self.limits.max_txn_ops)
+            # etcd's order: the quota (its gRPC interceptor), the request's own checks, the size
+            message = decode(method, body) if method in REQUEST_TYPES else None
+            if method in QUOTA_METHODS and not self.quota.admit(method, message):
+                self._raise_nospace()
+                raise errors.NO_SPACE.copy()
+            if message is not None:
+                check_message(method, message, self.limits.max_txn_ops)
+            if method in WRITES and proposal_size(key, body) > self.limits.max_request_bytes:
+                raise errors.REQUEST_TOO_LARGE.copy()
         except errors.EtcdError as e:
             self._fail(identity, rid, e)
             return
@@ -170,10 +185,25 @@ class SessionActor(Actor):
             self.raft.put(Kind.PROPOSE, (key, method, body))
         elif method == Method.LEASE_KEEPALIVE:
             self.lease.put(Kind.READ, (key, method, body))
-        elif method == Method.RANGE and message.serializable:
+        elif (method == Method.RANGE and message.serializable) or method in MEMBER_LOCAL:
             self.storage.put(Kind.READ, (key, method, body))
         else:
             self.raft.put(Kind.READ, (key, method, body))
+
+    def _raise_nospace(self) -> None:
+        """Propose this member's NOSPACE alarm (etcd's quotaAlarmer), at most once per ALARM_RETRY.
+
+        Nobody waits for its answer: the alarm takes effect when every member applies it.
+        """
+        now = time.monotonic()
+        if now - self.alarm_raised < ALARM_RETRY:
+            return
+        self.alarm_raised = now
+        log.warning("space_quota_exceeded", db_size=self.quota.db_size, quota=self.quota.limit)
+        alarm = rpc_pb2.AlarmRequest(
+            action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=rpc_pb2.NOSPACE
+        )
+        self.raft.put(Kind.PROPOSE, (self._next_key(), Method.ALARM, alarm.SerializeToString()))
 
     def _next_key(self) -> int:
         self.counter = (self.counter + 1) & KEY_MASK or 1  # low bits 0: the lease actor's proposals

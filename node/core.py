@@ -62,7 +62,9 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             applied=storage.applied_index,
         ),
     )
-    limits = Limits(config.max_request_bytes, config.max_txn_ops)
+    limits = Limits(
+        config.max_request_bytes, config.max_txn_ops, quota_backend_bytes=config.quota_backend_bytes
+    )
     session = SessionActor(ctx, config.core_url, config.member_id, limits)
     log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")
     watch = WatchActor(ctx, config.cluster_id, config.member_id, storage.store.revision)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 import zmq
+from google.protobuf.message import DecodeError
 
 from actors import errors, metrics
 from actors.lease.table import LeaseTable, min_lease_ttl
@@ -35,7 +36,10 @@ from actors.protocol import (
     pack_blobs,
     unpack,
 )
-from actors.storage.backend import Backend
+from actors.storage.alarms import AlarmTable, alarm_text
+from actors.storage.backend import APPLIED_INDEX, AUTH, KV, LEASE, META, Backend
+from actors.storage.defrag import Defragmenter
+from actors.storage.hashes import hash_backend
 from actors.storage.mvcc import MvccStore
 
 log = structlog.get_logger()
@@ -63,6 +67,8 @@ class StorageActor(Actor):
         self.backend = Backend(path)
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
+        self.alarms = AlarmTable(self.backend)
+        self.defrag = Defragmenter(ctx, self.backend.defragment)
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
@@ -84,9 +90,13 @@ class StorageActor(Actor):
         return self.applied
 
     def sockets(self) -> Sequence[zmq.Socket]:
-        return (self.inbox,)
+        return (self.inbox, self.defrag.done)
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        if sock is self.defrag.done:
+            for (report,) in messages:
+                self._defragmented(report)
+            return
         for (frame,) in messages:
             kind, aux, records = unpack(frame)
             if kind == Kind.COMMITTED:
@@ -120,7 +130,13 @@ class StorageActor(Actor):
                 continue
             key, method, request = decode_proposal(data)
             try:
-                response = store.apply(Method(method), request)
+                if method == Method.ALARM:
+                    response = self.alarms.apply(request)
+                else:
+                    refusal = self.alarms.refusal(method, request)
+                    if refusal is not None:
+                        raise refusal.copy()
+                    response = store.apply(Method(method), request)
             except errors.EtcdError as e:
                 result = (key, e.code, e.message.encode())
             except Exception:
@@ -176,6 +192,12 @@ class StorageActor(Actor):
         if method == Method.WATCH_HISTORY:
             self._history(key, body)
             return
+        if method == Method.DEFRAGMENT:
+            log.info(
+                "defragment_requested", db_size=self.backend.size_bytes(), running=bool(self.defrag.running)
+            )
+            self.defrag.request(key)
+            return
         answer = self.session
         try:
             if method == Method.RANGE:
@@ -191,10 +213,16 @@ class StorageActor(Actor):
             elif method == Method.STATUS:
                 response = rpc_pb2.StatusResponse.FromString(body)
                 response.version = VERSION
-                response.dbSize = response.dbSizeInUse = self.backend.size_bytes()
+                response.dbSize = self.backend.size_bytes()
+                response.dbSizeInUse = self.backend.size_in_use_bytes()
+                response.errors.extend(alarm_text(alarm, member) for alarm, member in self.alarms.active())
                 response.raftAppliedIndex = self.applied
             elif method == Method.MEMBER_LIST:
                 response = rpc_pb2.MemberListResponse.FromString(body)
+            elif method == Method.HASH_KV:
+                response = self._hash_kv(body)
+            elif method == Method.HASH:
+                response = rpc_pb2.HashResponse(hash=self._hash_backend())
             else:
                 raise errors.EtcdError(errors.Code.UNIMPLEMENTED, f"method {method} is not a read")
         except errors.EtcdError as e:
@@ -208,6 +236,42 @@ class StorageActor(Actor):
         else:
             answer.put(Kind.READ, (key, method, response.SerializeToString()))
 
+    def _hash_kv(self, body: bytes) -> rpc_pb2.HashKVResponse:
+        try:
+            request = rpc_pb2.HashKVRequest.FromString(body)
+        except DecodeError as exc:
+            raise errors.EtcdError(
+                errors.Code.INVALID_ARGUMENT, f"cairn: not a HashKVRequest: {exc}"
+            ) from None
+        start = time.perf_counter()
+        value, compact = self.store.hash_kv(request.revision)
+        log.info("hash_kv", revision=request.revision, seconds=round(time.perf_counter() - start, 3))
+        return rpc_pb2.HashKVResponse(hash=value, compact_revision=compact)
+
+    def _hash_backend(self) -> int:
+        """Every replicated row of the backend; the applied index is this member's own progress."""
+        scan = self.backend.scan
+        column_families = (
+            (KV, self.backend.scan_kv()),
+            (META, scan(META)),
+            (LEASE, scan(LEASE)),
+            (AUTH, scan(AUTH)),
+        )
+        return hash_backend(column_families, frozenset({(META, APPLIED_INDEX)}))
+
+    def _defragmented(self, report: bytes) -> None:
+        """A defragment run finished: answer the requests it served."""
+        answered, error = self.defrag.finished(report)
+        size = self._export_sizes()
+        log.info("defragment_answered", requests=len(answered), db_size=size, error=error)
+        for key in answered:
+            if error is None:
+                response = rpc_pb2.DefragmentResponse()
+                self._header(response)
+                self.session.put(Kind.RESULT, (key, 0, response.SerializeToString()))
+            else:
+                self.session.put(Kind.RESULT, (key, errors.Code.INTERNAL, error.encode()))
+
     def deadline(self) -> float | None:
         return self.next_sync
 
@@ -220,11 +284,14 @@ class StorageActor(Actor):
             self.synced = self.applied
             self.raft.signal(Kind.APPLIED_DURABLE, self.synced)
 
-    def _export_sizes(self) -> None:
+    def _export_sizes(self) -> int:
+        """Measure the backend for the metrics and for the session's space quota; return its size."""
         size = self.backend.size_bytes()
         self.metrics.db_size.set(size)
-        self.metrics.db_size_in_use.set(size)
+        self.metrics.db_size_in_use.set(self.backend.size_in_use_bytes())
         self.metrics.keys_total.set(self.store.key_count)
+        self.session.signal(Kind.DB_SIZE, size)
+        return size
 
     def flush(self) -> None:
         self.session.flush()
@@ -233,6 +300,7 @@ class StorageActor(Actor):
         self.watch.flush()
 
     def close(self) -> None:
+        self.defrag.close()
         self._commit()
         self.inbox.close(linger=0)
         for mailbox in (self.session, self.raft, self.lease, self.watch):

@@ -36,6 +36,7 @@ from actors.lease.table import LeaseTable
 from actors.proto import kv_pb2, rpc_pb2
 from actors.protocol import Method, varint
 from actors.storage.backend import META, Backend
+from actors.storage.hashes import hash_kv
 from actors.storage.keyindex import REVISION_SIZE, KeyIndex, main_revision, revision_bound, revision_key
 from actors.storage.validate import decode
 
@@ -278,6 +279,22 @@ class MvccStore:
         resp = rpc_pb2.CompactionResponse()
         resp.header.revision = self.revision
         return resp
+
+    def hash_kv(self, rev: int) -> tuple[int, int]:
+        """etcd's HashByRev: ``(hash of the rows up to rev, compact revision)``; 0 = current revision.
+
+        Only committed rows are read: the caller commits first.
+        """
+        compact = self.compact_revision
+        if 0 < rev <= compact:
+            raise errors.COMPACTED.copy()
+        if rev > self.revision:
+            raise errors.FUTURE_REV.copy()
+        if rev == 0:
+            rev = self.revision
+        rev = max(rev, -1)  # etcd hashes no row at all for a negative revision
+        rows = self._backend.scan_kv(b"", revision_bound(rev))
+        return hash_kv(rows, self._index.keep(rev), compact), compact
 
     # -- leases ----------------------------------------------------------------------------------
 

@@ -41,7 +41,13 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
         "LeaseTimeToLive": Method.LEASE_TIME_TO_LIVE,
         "LeaseLeases": Method.LEASE_LEASES,
     },
-    "etcdserverpb.Maintenance": {"Status": Method.STATUS},
+    "etcdserverpb.Maintenance": {
+        "Status": Method.STATUS,
+        "Defragment": Method.DEFRAGMENT,
+        "Hash": Method.HASH,
+        "HashKV": Method.HASH_KV,
+        "Alarm": Method.ALARM,
+    },
     "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
 }
 

@@ -109,6 +109,9 @@ SERVED: dict[tuple[str, str], Method] = {
     (_LEASE, "LeaseLeases"): Method.LEASE_LEASES,
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
     (_MAINT, "Status"): Method.STATUS,
+    (_MAINT, "Defragment"): Method.DEFRAGMENT,
+    (_MAINT, "Hash"): Method.HASH,
+    (_MAINT, "Alarm"): Method.ALARM,
 }
 
 # grpc-gateway v1's HTTPStatusFromCode
