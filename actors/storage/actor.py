@@ -145,7 +145,8 @@ class StorageActor(Actor):
                 log.exception("apply_failed", index=index, method=method)
                 result = (key, errors.Code.INTERNAL, b"cairn: internal error applying this request")
             else:
-                self._header(response)
+                if method != Method.ALARM:  # etcd's AlarmResponse carries no header at all
+                    self._header(response)
                 result = (key, 0, response.SerializeToString())
             if key & 0xFFFF_0000_0000_0000 == mine:
                 results.append(result)
