@@ -21,7 +21,7 @@ from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
 from actors.protocol import STREAM_METHODS, WRITES, Kind, MalformedFrame, Method, Record, pack, unpack
-from actors.storage.quota import SpaceQuota
+from actors.storage.quota import CHARGED, SpaceQuota
 from actors.storage.validate import REQUEST_TYPES, check_message, decode
 
 log = structlog.get_logger()
@@ -32,7 +32,6 @@ CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT}
 KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
 ALARM_RETRY = 1.0  # seconds between two NOSPACE alarm proposals of this member
-QUOTA_METHODS = frozenset({Method.PUT, Method.TXN, Method.LEASE_GRANT})
 MEMBER_LOCAL = frozenset({Method.DEFRAGMENT, Method.HASH, Method.HASH_KV})  # served by this member's storage
 
 
@@ -168,7 +167,7 @@ class SessionActor(Actor):
         try:
             # etcd's order: the quota (its gRPC interceptor), the request's own checks, the size
             message = decode(method, body) if method in REQUEST_TYPES else None
-            if method in QUOTA_METHODS and not self.quota.admit(method, message):
+            if method in CHARGED and not self.quota.fits(method, message):
                 self._raise_nospace()
                 raise errors.NO_SPACE.copy()
             if message is not None:
@@ -179,6 +178,8 @@ class SessionActor(Actor):
             self._fail(identity, rid, e)
             return
         self.waiting[key] = (identity, rid, deadline)
+        if method in CHARGED:
+            self.quota.charge(key, method, message)
         if method in WRITES:
             if method == Method.LEASE_GRANT:
                 body = self._with_lease_id(body)
@@ -221,6 +222,7 @@ class SessionActor(Actor):
         return request.SerializeToString()
 
     def _answer(self, key: int, status: int, body: bytes) -> None:
+        self.quota.settle(key)
         waiting = self.waiting.pop(key, None)
         if waiting is not None:
             identity, rid, _ = waiting

@@ -113,20 +113,26 @@ def test_quota_costs_are_etcds() -> None:
     assert request_cost(Method.DELETE_RANGE, R.DeleteRangeRequest(key=b"a")) == 0
 
 
-def test_quota_admits_below_the_limit_and_charges_until_the_next_report() -> None:
+def test_quota_admits_below_the_limit_and_counts_requests_in_flight() -> None:
     quota = SpaceQuota(10_000)
     put = R.PutRequest(key=b"k", value=b"v" * 743)  # costs 1000
     quota.report(7_000)
-    assert quota.admit(Method.PUT, put)  # 7000 + 1000 < 10000
-    assert quota.admit(Method.PUT, put)  # 7000 + 1000 charged + 1000 < 10000
-    assert not quota.admit(Method.PUT, put)  # would reach the limit: etcd's test is size + cost < quota
-    assert quota.admit(Method.DELETE_RANGE, R.DeleteRangeRequest(key=b"k"))  # costs nothing
+    assert quota.fits(Method.PUT, put)  # 7000 + 1000 < 10000
+    quota.charge(1, Method.PUT, put)
+    quota.charge(2, Method.PUT, put)  # 7000 + 2 x 1000 in flight
+    assert not quota.fits(Method.PUT, put)  # would reach the limit: etcd's test is size + cost < quota
+    assert quota.fits(Method.DELETE_RANGE, R.DeleteRangeRequest(key=b"k"))  # costs nothing
+    quota.settle(1)
+    assert quota.fits(Method.PUT, put)
+    quota.settle(1)  # settling twice (a late result) changes nothing
+    quota.charge(3, Method.PUT, put)
+    assert not quota.fits(Method.PUT, put)
     quota.report(1_000)
-    assert quota.admit(Method.PUT, put)
+    assert quota.fits(Method.PUT, put)
     assert SpaceQuota(0).limit == DEFAULT_QUOTA_BYTES
     unlimited = SpaceQuota(-1)
     unlimited.report(1 << 60)
-    assert unlimited.admit(Method.PUT, put)
+    assert unlimited.fits(Method.PUT, put)
 
 
 def test_etcd_row_key_layout() -> None:

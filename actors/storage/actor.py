@@ -41,6 +41,7 @@ from actors.storage.backend import APPLIED_INDEX, AUTH, KV, LEASE, META, Backend
 from actors.storage.defrag import Defragmenter
 from actors.storage.hashes import hash_backend
 from actors.storage.mvcc import MvccStore
+from actors.storage.quota import CHARGED
 
 log = structlog.get_logger()
 
@@ -121,6 +122,7 @@ class StorageActor(Actor):
         mine = self.settings.key_prefix
         store = self.store
         results = []
+        grew = False
         for index, entry_type, data in entries:
             if index <= self.applied:
                 continue  # replayed after a restart: already in the store
@@ -129,6 +131,7 @@ class StorageActor(Actor):
             if entry_type != EntryType.NORMAL:
                 continue
             key, method, request = decode_proposal(data)
+            grew = grew or method in CHARGED
             try:
                 if method == Method.ALARM:
                     response = self.alarms.apply(request)
@@ -152,6 +155,8 @@ class StorageActor(Actor):
                 results.append(result)
         self._commit()
         self.session.extend(Kind.RESULT, results)
+        if grew:  # behind the results: the session stops charging them as it learns the new size
+            self.session.signal(Kind.DB_SIZE, self.backend.size_bytes())
         if self.store.lease_events:
             self._send_lease_events(self.store.lease_events)
             self.store.lease_events.clear()

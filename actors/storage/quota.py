@@ -6,9 +6,10 @@ refuses it with "database space exceeded" when the backend's size plus that char
 ``quota-backend-bytes``; the refusing member then raises the NOSPACE alarm, which makes every
 member refuse such writes until an operator disarms it (:mod:`actors.storage.alarms`).
 
-The backend's size is measured by the storage actor (once a second and after a defragment) and
-reported to the session. Between two reports the session adds up what it admitted, so a burst of
-writes cannot run far past the quota on a stale figure.
+The backend's size is measured by the storage actor after each batch of entries that could grow
+it (and once a second) and reported to the session right behind that batch's results, so the
+session counts an admitted request at its cost until its result arrives, and in the measured
+size from then on: a burst of writes cannot run past the quota on a stale figure.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from google.protobuf.message import Message
 from actors.proto import rpc_pb2
 from actors.protocol import Method
 
+CHARGED = frozenset({Method.PUT, Method.TXN, Method.LEASE_GRANT})  # the requests etcd's quota checks
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024  # etcd's DefaultQuotaBytes: used when the config says 0
 LEASE_OVERHEAD = 64  # etcd's leaseOverhead
 KV_OVERHEAD = 256  # etcd's kvOverhead
@@ -53,21 +55,26 @@ class SpaceQuota:
     def __init__(self, limit_bytes: int) -> None:
         self.limit = DEFAULT_QUOTA_BYTES if limit_bytes == 0 else limit_bytes
         self.db_size = 0  # the last size the storage actor reported
-        self.charged = 0  # what was admitted since that report
+        self._in_flight: dict[int, int] = {}  # request key -> cost, for admitted requests not answered yet
+        self._charged = 0  # their sum
 
     def report(self, db_size: int) -> None:
-        """A fresh measurement of the backend (it includes what was admitted before it)."""
+        """A fresh measurement of the backend: it includes every request answered before it."""
         self.db_size = db_size
-        self.charged = 0
 
-    def admit(self, method: int, message: Message) -> bool:
-        """Whether the request fits (etcd: size + cost < quota); a fitting one is charged."""
-        if self.limit < 0:
-            return True
+    def fits(self, method: int, message: Message) -> bool:
+        """Whether the request fits (etcd's backendQuota.Available: size + cost < quota)."""
         cost = request_cost(method, message)
-        if not cost:
-            return True
-        if self.db_size + self.charged + cost >= self.limit:
-            return False
-        self.charged += cost
-        return True
+        return not cost or self.limit < 0 or self.db_size + self._charged + cost < self.limit
+
+    def charge(self, key: int, method: int, message: Message) -> None:
+        """Count request ``key``, which is being proposed, at its cost until :meth:`settle`."""
+        cost = request_cost(method, message)
+        if cost:
+            self._in_flight[key] = cost
+            self._charged += cost
+
+    def settle(self, key: int) -> None:
+        """Request ``key`` was answered: the storage actor's next report counts what it wrote."""
+        cost = self._in_flight.pop(key, 0)
+        self._charged -= cost
