@@ -1,16 +1,19 @@
 """The space quota against a real etcd: the same small quota, the same requests, the same answers.
 
-Both servers are filled with etcdctl until a put is refused, then every kind of request is tried
-while the NOSPACE alarm stands, then the way out (delete, compact, defrag, disarm) is taken and
-writes work again. What the two print is compared line by line. Normalized, by design: the member
-id in alarm lines, the endpoint, and the revision numbers, which differ by the number of puts each
-server took before it was full (a bolt file and RocksDB files grow differently).
+Both servers are filled with etcdctl until a put is refused, then every kind of request (and
+/health) is tried while the NOSPACE alarm stands, then the way out (delete, compact, defrag,
+disarm) is taken and writes work again. What the two print is compared line by line.
+Normalized, by design: the member id in alarm lines, the endpoint, lease ids, and the revision
+numbers, which differ by the number of puts each server took before it was full (a bolt file and
+RocksDB files grow differently).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,16 @@ def _run(server: Server, transcript: list[str], *args: str, stdin: str | None = 
     transcript.append(re.sub(r"\b(revision |compaction )\d+", r"\1<REV>", text))
 
 
+def _health(server: Server, transcript: list[str], query: str = "") -> None:
+    """GET /health, recorded as status and body (etcd fails it while an alarm it does not exclude stands)."""
+    try:
+        with urllib.request.urlopen(f"{server.client_url}/health{query}", timeout=10) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    transcript.append(f"GET /health{query}\n{status} {body.decode()}\n")
+
+
 def _fill_then_recover(server: Server) -> tuple[int, list[str]]:
     """Fill ``server`` to its quota, try each request kind, take the way out; (puts taken, transcript)."""
     lease = server.etcdctl("lease", "grant", "600").stdout.split()[1]
@@ -55,6 +68,8 @@ def _fill_then_recover(server: Server) -> tuple[int, list[str]]:
         pytest.fail(f"{server.kind}: the quota was never reached")
     t: list[str] = []
     _run(server, t, "alarm", "list")
+    _health(server, t)
+    _health(server, t, "?exclude=NOSPACE")
     _run(server, t, "put", "x", "1")
     _run(server, t, "get", "keep")
     _run(server, t, "txn", stdin="\n\nput x 1\n\n")
@@ -70,6 +85,7 @@ def _fill_then_recover(server: Server) -> tuple[int, list[str]]:
     _run(server, t, "put", "x", "1")  # space is back, but the alarm still stands
     _run(server, t, "alarm", "disarm")
     _run(server, t, "alarm", "list")
+    _health(server, t)
     _run(server, t, "put", "x", "1")
     _run(server, t, "lease", "grant", "10")
     _run(server, t, "get", "x", "--print-value-only")
