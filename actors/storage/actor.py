@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import structlog
 import zmq
-from google.protobuf.message import DecodeError
 
 from actors import errors, metrics
 from actors.lease.table import LeaseTable, min_lease_ttl
@@ -42,6 +41,7 @@ from actors.storage.defrag import Defragmenter
 from actors.storage.hashes import hash_backend
 from actors.storage.mvcc import MvccStore
 from actors.storage.quota import CHARGED
+from actors.storage.validate import parse
 
 log = structlog.get_logger()
 
@@ -243,12 +243,7 @@ class StorageActor(Actor):
             answer.put(Kind.READ, (key, method, response.SerializeToString()))
 
     def _hash_kv(self, body: bytes) -> rpc_pb2.HashKVResponse:
-        try:
-            request = rpc_pb2.HashKVRequest.FromString(body)
-        except DecodeError as exc:
-            raise errors.EtcdError(
-                errors.Code.INVALID_ARGUMENT, f"cairn: not a HashKVRequest: {exc}"
-            ) from None
+        request = parse(rpc_pb2.HashKVRequest, body)
         start = time.perf_counter()
         value, compact = self.store.hash_kv(request.revision)
         log.info("hash_kv", revision=request.revision, seconds=round(time.perf_counter() - start, 3))

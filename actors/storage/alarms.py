@@ -21,6 +21,7 @@ from actors.errors import Code, EtcdError
 from actors.proto import rpc_pb2
 from actors.protocol import Method
 from actors.storage.backend import META, Backend
+from actors.storage.validate import parse
 
 ALARMS = b"alarms"  # meta key: a serialized AlarmResponse whose ``alarms`` are the active set
 
@@ -57,12 +58,7 @@ class AlarmTable:
 
     def apply(self, request: bytes) -> rpc_pb2.AlarmResponse:
         """Apply one Alarm request; the response lists what it reports or changed, like etcd's."""
-        try:
-            req = AlarmRequest.FromString(request)
-        except DecodeError as exc:
-            raise EtcdError(
-                Code.INVALID_ARGUMENT, f"cairn: request is not a valid AlarmRequest: {exc}"
-            ) from None
+        req = parse(AlarmRequest, request)
         if req.alarm not in (NONE, NOSPACE, CORRUPT):
             raise EtcdError(Code.INVALID_ARGUMENT, f"cairn: unknown alarm type {req.alarm}")
         resp = rpc_pb2.AlarmResponse()

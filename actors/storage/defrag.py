@@ -3,42 +3,42 @@
 etcd's Defragment rewrites its bolt file under the backend's lock: the member stops serving for
 the whole copy. cairn's equivalent, a full manual compaction of every column family, runs inside
 RocksDB's C++ code with the GIL released (rocksdict), and RocksDB lets other threads read and
-write meanwhile; so the storage actor hands it to this thread and goes on applying entries and
+write meanwhile; so the storage actor hands it to a helper thread and goes on applying entries and
 serving reads. Requests that arrive during a run are answered by the next run (a defragment asked
 after a large delete must compact after that delete), and one run serves all of them.
 """
 
 from __future__ import annotations
 
-import itertools
-import queue
-import threading
 import time
 from collections.abc import Callable
 
 import structlog
 import zmq
 
-log = structlog.get_logger()
+from actors.background import BackgroundJob
 
-_ids = itertools.count()
+log = structlog.get_logger()
 
 
 class Defragmenter:
-    """One background run at a time; ``done`` becomes readable when a run has finished."""
+    """One run at a time; ``done`` becomes readable when a run has finished."""
 
     def __init__(self, ctx: zmq.Context, defragment: Callable[[], None]) -> None:
-        address = f"inproc://cairn/defragment-{next(_ids)}"
-        self.done = ctx.socket(zmq.PAIR)
-        self.done.bind(address)
-        self._signal = ctx.socket(zmq.PAIR)  # used only by the thread
-        self._signal.connect(address)
-        self._defragment = defragment
-        self._runs: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        def job() -> bytes:
+            start = time.perf_counter()
+            try:
+                defragment()
+            except Exception as e:  # a disk error: the requests fail, the member goes on
+                log.error("defragment_failed", error=str(e))
+                return f"cairn: defragment failed: {e}".encode()
+            log.info("defragment_finished", seconds=round(time.perf_counter() - start, 3))
+            return b""
+
+        self._thread = BackgroundJob(ctx, "defragment", job)
+        self.done = self._thread.done
         self.running: list[int] = []  # request keys the run in progress answers
         self.waiting: list[int] = []  # request keys that arrived during it: the next run's
-        self._thread = threading.Thread(target=self._run, name="defragment", daemon=True)
-        self._thread.start()
 
     def request(self, key: int) -> None:
         """Defragment for request ``key``: now, or right after the run in progress."""
@@ -48,7 +48,7 @@ class Defragmenter:
 
     def _start(self) -> None:
         self.running, self.waiting = self.waiting, []
-        self._runs.put(True)
+        self._thread.request()
 
     def finished(self, report: bytes) -> tuple[list[int], str | None]:
         """Take a report read from ``done``: ``(request keys answered, error text or None)``;
@@ -59,21 +59,6 @@ class Defragmenter:
             self._start()
         return answered, report.decode() or None
 
-    def _run(self) -> None:
-        while self._runs.get():
-            start = time.perf_counter()
-            try:
-                self._defragment()
-            except Exception as e:  # a disk error: the requests fail, the member goes on
-                log.error("defragment_failed", error=str(e))
-                self._signal.send(f"cairn: defragment failed: {e}".encode())
-                continue
-            log.info("defragment_finished", seconds=round(time.perf_counter() - start, 3))
-            self._signal.send(b"")
-
     def close(self) -> None:
         """Wait for a run in progress (RocksDB must not be closed under it), then stop."""
-        self._runs.put(False)
-        self._thread.join()
-        self._signal.close(linger=0)
-        self.done.close(linger=0)
+        self._thread.close()

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from operator import attrgetter
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from actors import errors
 from actors.errors import Code, EtcdError
@@ -38,7 +38,7 @@ from actors.protocol import Method, varint
 from actors.storage.backend import META, Backend
 from actors.storage.hashes import hash_kv
 from actors.storage.keyindex import REVISION_SIZE, KeyIndex, main_revision, revision_bound, revision_key
-from actors.storage.validate import decode
+from actors.storage.validate import decode, parse
 
 KeyValue = kv_pb2.KeyValue
 RangeRequest = rpc_pb2.RangeRequest
@@ -198,15 +198,7 @@ class MvccStore:
         if handler is None:
             raise EtcdError(Code.UNIMPLEMENTED, f"cairn: method {method} is not a KV request")
         cls = _LEASE_REQUESTS.get(method)
-        if cls is None:
-            return handler(decode(method, request))
-        try:
-            message = cls.FromString(request)
-        except DecodeError as exc:
-            raise EtcdError(
-                Code.INVALID_ARGUMENT, f"cairn: request is not a valid etcdserverpb.{cls.__name__}: {exc}"
-            ) from None
-        return handler(message)
+        return handler(decode(method, request) if cls is None else parse(cls, request))
 
     @property
     def key_count(self) -> int:
