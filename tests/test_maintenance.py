@@ -98,6 +98,12 @@ def _alarm_lists(cluster: Cluster) -> list[str]:
     return [m.etcdctl("alarm", "list").stdout for m in cluster.members if m.running]
 
 
+def _backend_hash(member: Server) -> int:
+    with grpc.insecure_channel(member.endpoint) as channel:
+        call = channel.unary_unary("/etcdserverpb.Maintenance/Hash")
+        return R.HashResponse.FromString(call(R.HashRequest().SerializeToString(), timeout=10)).hash
+
+
 def _member_id(member: Server) -> int:
     return json.loads(member.etcdctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]["header"][
         "member_id"
@@ -156,6 +162,8 @@ def test_cluster_hashkv_defrag_and_nospace_alarm(tmp_path: Path) -> None:
         _wait_applied(cluster, revision)
         after = _hashes(cluster)
         assert len(set(after)) == 1, after
+        whole = {_backend_hash(m) for m in cluster.members}  # Maintenance.Hash: the whole backend
+        assert len(whole) == 1, whole
 
 
 def _status(stub: object) -> R.StatusResponse:
