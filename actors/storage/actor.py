@@ -266,10 +266,8 @@ class StorageActor(Actor):
         size = self._export_sizes()
         log.info("defragment_answered", requests=len(answered), db_size=size, error=error)
         for key in answered:
-            if error is None:
-                response = rpc_pb2.DefragmentResponse()
-                self._header(response)
-                self.session.put(Kind.RESULT, (key, 0, response.SerializeToString()))
+            if error is None:  # etcd's DefragmentResponse has no header: empty
+                self.session.put(Kind.RESULT, (key, 0, b""))
             else:
                 self.session.put(Kind.RESULT, (key, errors.Code.INTERNAL, error.encode()))
 
