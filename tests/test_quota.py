@@ -4,8 +4,8 @@ Both servers are filled with etcdctl until a put is refused, then every kind of 
 /health) is tried while the NOSPACE alarm stands, then the way out (delete, compact, defrag,
 disarm) is taken and writes work again. What the two print is compared line by line.
 Normalized, by design: the member id in alarm lines, the endpoint, lease ids, and the revision
-numbers, which differ by the number of puts each server took before it was full (a bolt file and
-RocksDB files grow differently).
+numbers and the count of deleted fill keys, which differ by the number of puts each server took
+before it was full (a bolt file and RocksDB files grow differently).
 """
 
 from __future__ import annotations
@@ -34,13 +34,16 @@ def _revision(server: Server) -> int:
     return json.loads(server.etcdctl("get", "nothing", "-w", "json").stdout)["header"]["revision"]
 
 
-def _run(server: Server, transcript: list[str], *args: str, stdin: str | None = None) -> None:
+def _run(
+    server: Server, transcript: list[str], *args: str, stdin: str | None = None, filled: int = -1
+) -> None:
     """One etcdctl step, recorded as normalized exit code, stdout and the last line of stderr."""
     result = server.etcdctl(*args, input=stdin, check=False)
     member = str(_member_id(server))
     errors = result.stderr.strip().splitlines()[-1:]  # etcdctl's retry warnings come first
     text = f"$ {' '.join(args)}\nexit {result.returncode}\n{result.stdout}{''.join(errors)}\n"
     text = text.replace(server.endpoint, "<ENDPOINT>").replace(member, "<MEMBER>")
+    text = text.replace(f"\n{filled}\n", "\n<FILLED>\n")  # keys deleted: as many as the server took
     text = re.sub(r"\b[0-9a-f]{16}\b", "<LEASE>", text)  # lease ids are each server's own
     transcript.append(re.sub(r"\b(revision |compaction )\d+", r"\1<REV>", text))
 
@@ -79,7 +82,7 @@ def _fill_then_recover(server: Server) -> tuple[int, list[str]]:
     _run(server, t, "lease", "grant", "10")
     _run(server, t, "lease", "revoke", lease)
     _run(server, t, "del", "keep")
-    _run(server, t, "del", "--prefix", "fill/")
+    _run(server, t, "del", "--prefix", "fill/", filled=taken)
     _run(server, t, "compaction", str(_revision(server)))
     _run(server, t, "defrag")
     _run(server, t, "put", "x", "1")  # space is back, but the alarm still stands
@@ -99,7 +102,9 @@ def test_nospace_alarm_answers_like_etcd(tmp_path: Path) -> None:
         with Server(kind, tmp_path / kind, extra_args=["--quota-backend-bytes", str(QUOTA)]) as server:
             taken, transcripts[kind] = _fill_then_recover(server)
             print(f"{kind}: {taken} puts of 100 kB before the quota of {QUOTA} bytes")
-            assert 30 <= taken <= QUOTA // len(BIG), taken  # the quota counts the data
+            # the quota counts the data; etcd measures its size once per backend commit (100 ms), so
+            # quick puts can overshoot there, while cairn counts each admitted put at once
+            assert 30 <= taken <= (QUOTA // len(BIG) if kind == "cairn" else 2 * QUOTA // len(BIG)), taken
     for kind, lines in transcripts.items():
         (tmp_path / f"{kind}.txt").write_text("".join(lines))
     assert transcripts["cairn"] == transcripts["etcd"], f"transcripts in {tmp_path}"
