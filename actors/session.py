@@ -174,12 +174,12 @@ class SessionActor(Actor):
                 check_message(method, message, self.limits.max_txn_ops)
             if method in WRITES and proposal_size(key, body) > self.limits.max_request_bytes:
                 raise errors.REQUEST_TOO_LARGE.copy()
+            if method in CHARGED:
+                self.quota.charge(key, method, message)  # until its result comes back
         except errors.EtcdError as e:
             self._fail(identity, rid, e)
             return
         self.waiting[key] = (identity, rid, deadline)
-        if method in CHARGED:
-            self.quota.charge(key, method, message)
         if method in WRITES:
             if method == Method.LEASE_GRANT:
                 body = self._with_lease_id(body)
