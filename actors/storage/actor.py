@@ -69,7 +69,7 @@ class StorageActor(Actor):
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
         self.alarms = AlarmTable(self.backend)
-        self.defrag = Defragmenter(ctx, self.backend.defragment)
+        self.defrag = Defragmenter(ctx, lambda: self.backend.defragment())  # the backend of the day
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
