@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import structlog
 import zmq
 
-from actors import errors
+from actors import errors, metrics
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
@@ -82,6 +82,7 @@ class SessionActor(Actor):
         self.prefix = key_prefix(member_id)
         self.member_id = member_id
         self.quota = SpaceQuota(limits.quota_backend_bytes)
+        metrics.core().quota_backend_bytes.set(self.quota.limit)
         self.alarm_raised = float("-inf")  # when this member last proposed its NOSPACE alarm
         # like etcd's request ids: start from the clock, so keys of a restarted member never repeat
         # those of its previous run (a late result for an old key would answer a new request)

@@ -264,4 +264,7 @@ def test_defrag_under_load_fails_nothing_and_shrinks_the_database(cairn: Server)
     assert full_run[1] > 0  # the member answered while it rewrote 30 MB (the second run is too short to tell)
     assert after < before / 50, (before, after)
     assert cairn.etcdctl("defrag").stdout == f"Finished defragmenting etcd member[{cairn.endpoint}]\n"
+    with urllib.request.urlopen(f"{cairn.client_url}/metrics", timeout=10) as response:
+        exported = response.read().decode()
+    assert "etcd_disk_backend_defrag_duration_seconds_count 3.0" in exported
     channel.close()

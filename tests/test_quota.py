@@ -132,6 +132,9 @@ def test_cairnctl_explains_the_way_out(tmp_path: Path) -> None:
         for i in range(20):
             if server.etcdctl("put", f"fill/{i}", BIG, check=False).returncode:
                 break
+        with urllib.request.urlopen(f"{server.client_url}/metrics", timeout=10) as response:
+            exported = response.read().decode()
+        assert "etcd_server_quota_backend_bytes 1.048576e+06" in exported
         result = subprocess.run(
             [sys.executable, "-m", "tools.cairnctl", "--endpoint", server.endpoint, "put", "k", "v"],
             capture_output=True,

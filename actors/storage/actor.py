@@ -69,7 +69,6 @@ class StorageActor(Actor):
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
         self.alarms = AlarmTable(self.backend)
-        self.defrag = Defragmenter(ctx, lambda: self.backend.defragment())  # the backend of the day
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
@@ -81,6 +80,8 @@ class StorageActor(Actor):
         self.uncommitted = False
         self.synced = self.applied
         self.metrics = metrics.core()
+        # a run defragments the backend of the moment it starts (a raft snapshot install swaps it)
+        self.defrag = Defragmenter(ctx, lambda: self.backend.defragment(), self.metrics.defrag)
         self.metrics.proposals_applied.set(self.applied)
         self._export_sizes()
         self.next_sync = time.monotonic() + 1.0
@@ -246,11 +247,14 @@ class StorageActor(Actor):
         request = parse(rpc_pb2.HashKVRequest, body)
         start = time.perf_counter()
         value, compact = self.store.hash_kv(request.revision)
-        log.info("hash_kv", revision=request.revision, seconds=round(time.perf_counter() - start, 3))
+        seconds = time.perf_counter() - start
+        self.metrics.hash_rev.observe(seconds)
+        log.info("hash_kv", revision=request.revision, seconds=round(seconds, 3))
         return rpc_pb2.HashKVResponse(hash=value, compact_revision=compact)
 
     def _hash_backend(self) -> int:
         """Every replicated row of the backend; the applied index is this member's own progress."""
+        start = time.perf_counter()
         scan = self.backend.scan
         column_families = (
             (KV, self.backend.scan_kv()),
@@ -258,7 +262,9 @@ class StorageActor(Actor):
             (LEASE, scan(LEASE)),
             (AUTH, scan(AUTH)),
         )
-        return hash_backend(column_families, frozenset({(META, APPLIED_INDEX)}))
+        value = hash_backend(column_families, frozenset({(META, APPLIED_INDEX)}))
+        self.metrics.hash.observe(time.perf_counter() - start)
+        return value
 
     def _defragmented(self, report: bytes) -> None:
         """A defragment run finished: answer the requests it served."""
