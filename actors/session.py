@@ -22,7 +22,7 @@ from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
 from actors.protocol import STREAM_METHODS, WRITES, Kind, MalformedFrame, Method, Record, pack, unpack
 from actors.storage.quota import CHARGED, SpaceQuota
-from actors.storage.validate import REQUEST_TYPES, check_message, decode
+from actors.storage.validate import REQUEST_TYPES, check_message, decode, parse
 
 log = structlog.get_logger()
 
@@ -33,6 +33,12 @@ KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 b
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
 ALARM_RETRY = 1.0  # seconds between two NOSPACE alarm proposals of this member
 MEMBER_LOCAL = frozenset({Method.DEFRAGMENT, Method.HASH, Method.HASH_KV})  # served by this member's storage
+MAINTENANCE_REQUESTS = {
+    Method.DEFRAGMENT: rpc_pb2.DefragmentRequest,
+    Method.HASH: rpc_pb2.HashRequest,
+    Method.HASH_KV: rpc_pb2.HashKVRequest,
+    Method.ALARM: rpc_pb2.AlarmRequest,
+}  # parsed here only so that bytes which are no such message are refused before going further
 
 
 @dataclass(slots=True, frozen=True)
@@ -173,6 +179,8 @@ class SessionActor(Actor):
                 raise errors.NO_SPACE.copy()
             if message is not None:
                 check_message(method, message, self.limits.max_txn_ops)
+            elif method in MAINTENANCE_REQUESTS:
+                parse(MAINTENANCE_REQUESTS[method], body)
             if method in WRITES and proposal_size(key, body) > self.limits.max_request_bytes:
                 raise errors.REQUEST_TOO_LARGE.copy()
             if method in CHARGED:

@@ -268,3 +268,14 @@ def test_defrag_under_load_fails_nothing_and_shrinks_the_database(cairn: Server)
         exported = response.read().decode()
     assert "etcd_disk_backend_defrag_duration_seconds_count 3.0" in exported
     channel.close()
+
+
+def test_maintenance_requests_that_are_not_messages_are_refused(cairn: Server) -> None:
+    with grpc.insecure_channel(cairn.endpoint) as channel:
+        for method in ("Defragment", "Hash", "HashKV", "Alarm"):
+            call = channel.unary_unary(f"/etcdserverpb.Maintenance/{method}")
+            with pytest.raises(grpc.RpcError) as e:
+                call(b"\xff\xff\xff", timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "is not a valid etcdserverpb." in e.value.details(), method
+    assert cairn.etcdctl("alarm", "list").stdout == ""  # nothing was applied
