@@ -48,7 +48,16 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             election_ms=config.election_timeout,
         ),
     )
-    lease = LeaseActor(ctx, LeaseSettings(prefix, election_ms=config.election_timeout))
+    limits = Limits(config.max_request_bytes, config.max_txn_ops)
+    lease = LeaseActor(
+        ctx,
+        LeaseSettings(
+            config.member_id,
+            prefix,
+            election_ms=config.election_timeout,
+            request_timeout=limits.request_timeout,
+        ),
+    )
     raft = RaftActor(
         ctx,
         RaftSettings(
@@ -62,7 +71,6 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             applied=storage.applied_index,
         ),
     )
-    limits = Limits(config.max_request_bytes, config.max_txn_ops)
     session = SessionActor(ctx, config.core_url, config.member_id, limits)
     log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")
     watch = WatchActor(ctx, config.cluster_id, config.member_id, storage.store.revision)
