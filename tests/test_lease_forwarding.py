@@ -1,0 +1,184 @@
+"""Keep-alives on a follower: the pure bookkeeping (ForwardedReads) and the lease actor's routing.
+
+The actor is driven through its real inproc sockets (its own inbox; PULL sockets stand in for
+the raft, storage and session actors' inboxes, so everything it sends is read back as frames).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from actors import errors
+from actors.lease.actor import LeaseActor, LeaseSettings
+from actors.lease.forwarded import ForwardedReads
+from actors.mailbox import inbox
+from actors.proto import rpc_pb2
+from actors.protocol import LEASE_EVENT, Kind, LeaseEvent, Method, pack, unpack
+
+ME, LEADER, OTHER = 0xA1, 0xB2, 0xC3
+
+# -- ForwardedReads (pure) ----------------------------------------------------------------------------
+
+
+def test_pending_reads_are_answered_once_and_resent_oldest_first() -> None:
+    reads = ForwardedReads(timeout=7.0)
+    assert reads.add(1, Method.LEASE_KEEPALIVE, b"a", now=0.0) == (1, Method.LEASE_KEEPALIVE, b"a")
+    reads.add(2, Method.LEASE_TIME_TO_LIVE, b"b", now=1.0)
+    assert reads.pending() == [(1, Method.LEASE_KEEPALIVE, b"a"), (2, Method.LEASE_TIME_TO_LIVE, b"b")]
+    assert reads.answered(1) == Method.LEASE_KEEPALIVE
+    assert reads.answered(1) is None  # a duplicate answer (the request went to two leaders)
+    assert len(reads) == 1 and reads.take() == [(2, Method.LEASE_TIME_TO_LIVE, b"b")] and len(reads) == 0
+
+
+def test_unanswered_reads_expire_at_their_deadline_only() -> None:
+    reads = ForwardedReads(timeout=7.0)
+    for key in range(5):
+        reads.add(key, Method.LEASE_KEEPALIVE, b"", now=float(key))
+    assert reads.expired(6.9) == []
+    assert reads.expired(9.0) == [0, 1, 2]
+    assert reads.answered(1) is None  # failed already: a late answer is dropped
+    assert [k for k, _, _ in reads.pending()] == [3, 4]
+
+
+# -- the actor's routing ------------------------------------------------------------------------------
+
+
+class Harness:
+    """A LeaseActor plus PULL sockets bound where raft, storage and session would listen."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.peers = {name: inbox(self.ctx, name) for name in ("raft", "storage", "session")}
+        self.actor = LeaseActor(self.ctx, LeaseSettings(ME, ME << 48, election_ms=1000, request_timeout=7.0))
+
+    def send(self, kind: int, records: list[tuple[int, int, bytes]], aux: int = 0) -> None:
+        self.actor.handle(self.actor.inbox, [[pack(kind, records, aux)]])
+        self.actor.flush()
+
+    def received(self, name: str) -> list[tuple[int, int, list[tuple[int, int, bytes]]]]:
+        """Every frame sent to ``name`` so far, decoded."""
+        sock, out = self.peers[name], []
+        while sock.poll(200):
+            out.append(unpack(sock.recv()))
+        return out
+
+    def close(self) -> None:
+        self.actor.close()
+        for sock in self.peers.values():
+            sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    h = Harness()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def keepalive(lease_id: int) -> bytes:
+    return rpc_pb2.LeaseKeepAliveRequest(ID=lease_id).SerializeToString()
+
+
+def granted(lease_id: int, ttl: int) -> tuple[int, int, bytes]:
+    return (0, LeaseEvent.GRANTED, LEASE_EVENT.pack(lease_id, ttl, 0))
+
+
+def test_a_follower_forwards_to_the_leader_and_relays_its_answer(harness: Harness) -> None:
+    harness.send(Kind.LEASE_EVENTS, [granted(7, 10)])
+    harness.send(Kind.LEADER, [], aux=LEADER)
+    harness.send(Kind.READ, [(100, Method.LEASE_KEEPALIVE, keepalive(7))])
+    assert harness.received("raft") == [
+        (Kind.LEASE_FORWARD, LEADER, [(100, Method.LEASE_KEEPALIVE, keepalive(7))])
+    ]
+    answer = rpc_pb2.LeaseKeepAliveResponse(ID=7, TTL=10).SerializeToString()
+    harness.send(Kind.LEASE_REPLY, [(100, 0, answer), (100, 0, answer)], aux=LEADER)  # second: a duplicate
+    assert harness.received("storage") == [(Kind.READ, 0, [(100, Method.LEASE_KEEPALIVE, answer)])]
+    assert harness.received("session") == []
+
+
+def test_errors_from_the_leader_go_to_the_session(harness: Harness) -> None:
+    harness.send(Kind.LEADER, [], aux=LEADER)
+    harness.send(Kind.READ, [(100, Method.LEASE_KEEPALIVE, keepalive(7))])
+    text = b"etcdserver: bad lease request"
+    harness.send(Kind.LEASE_REPLY, [(100, errors.Code.INVALID_ARGUMENT, text)], aux=LEADER)
+    assert harness.received("session") == [(Kind.RESULT, 0, [(100, errors.Code.INVALID_ARGUMENT, text)])]
+
+
+def test_without_a_leader_reads_wait_then_go_to_the_next_leader(harness: Harness) -> None:
+    harness.send(Kind.LEADER, [], aux=LEADER)
+    harness.send(Kind.READ, [(100, Method.LEASE_KEEPALIVE, keepalive(7))])
+    harness.send(Kind.LEADER, [], aux=0)  # the leader died: an election is under way
+    harness.send(Kind.READ, [(101, Method.LEASE_KEEPALIVE, keepalive(8))])
+    harness.send(Kind.LEADER, [], aux=OTHER)
+    frames = harness.received("raft")
+    assert frames[0] == (Kind.LEASE_FORWARD, LEADER, [(100, Method.LEASE_KEEPALIVE, keepalive(7))])
+    assert frames[1:] == [
+        (
+            Kind.LEASE_FORWARD,
+            OTHER,
+            [(100, Method.LEASE_KEEPALIVE, keepalive(7)), (101, Method.LEASE_KEEPALIVE, keepalive(8))],
+        )
+    ]
+
+
+def test_a_follower_that_becomes_leader_answers_what_it_had_forwarded(harness: Harness) -> None:
+    harness.send(Kind.LEASE_EVENTS, [granted(7, 10)])
+    harness.send(Kind.LEADER, [], aux=LEADER)
+    harness.send(
+        Kind.READ, [(100, Method.LEASE_KEEPALIVE, keepalive(7)), (101, Method.LEASE_KEEPALIVE, keepalive(9))]
+    )
+    harness.received("raft")
+    harness.send(Kind.LEADER, [], aux=ME)
+    answers = [
+        (key, rpc_pb2.LeaseKeepAliveResponse.FromString(body))
+        for _, _, recs in harness.received("storage")
+        for key, _, body in recs
+    ]
+    assert [(key, r.ID, r.TTL) for key, r in answers] == [(100, 7, 10), (101, 9, 0)]  # 9: unknown, TTL 0
+    assert harness.received("raft") == []
+
+
+def test_the_leader_answers_other_members_and_a_follower_does_not(harness: Harness) -> None:
+    harness.send(Kind.LEASE_EVENTS, [granted(7, 10)])
+    ttl_query = rpc_pb2.LeaseTimeToLiveResponse(ID=7, grantedTTL=10, keys=[b"k"]).SerializeToString()
+    gone_query = rpc_pb2.LeaseTimeToLiveResponse(ID=5, grantedTTL=10, keys=[b"k"]).SerializeToString()
+    asked = [
+        (1, Method.LEASE_KEEPALIVE, keepalive(7)),
+        (2, Method.LEASE_TIME_TO_LIVE, ttl_query),
+        (3, Method.LEASE_TIME_TO_LIVE, gone_query),
+        (4, Method.LEASE_KEEPALIVE, b"\xff\xff"),  # not a protobuf message
+    ]
+    harness.send(Kind.LEADER, [], aux=OTHER)
+    harness.send(Kind.LEASE_FORWARD, asked, aux=OTHER)  # not the leader here: dropped, the asker resends
+    assert harness.received("raft") == []
+    harness.send(Kind.LEADER, [], aux=ME)
+    harness.send(Kind.LEASE_FORWARD, asked, aux=OTHER)
+    [(kind, to, replies)] = harness.received("raft")
+    assert (kind, to, [(key, status) for key, status, _ in replies]) == (
+        Kind.LEASE_REPLY, OTHER, [(1, 0), (2, 0), (3, 0), (4, errors.Code.INVALID_ARGUMENT)],
+    )  # fmt: skip
+    alive = rpc_pb2.LeaseKeepAliveResponse.FromString(replies[0][2])
+    assert (alive.ID, alive.TTL) == (7, 10)
+    ttl = rpc_pb2.LeaseTimeToLiveResponse.FromString(replies[1][2])
+    assert (ttl.TTL, ttl.grantedTTL, list(ttl.keys)) == (10, 10, [b"k"])  # just renewed (key 1)
+    gone = rpc_pb2.LeaseTimeToLiveResponse.FromString(replies[2][2])
+    assert (gone.ID, gone.TTL, gone.grantedTTL, list(gone.keys)) == (5, -1, 0, [])  # etcd: only TTL -1
+
+
+def test_an_unanswered_forward_fails_with_etcds_timeout(harness: Harness) -> None:
+    harness.send(Kind.LEADER, [], aux=LEADER)
+    harness.send(Kind.READ, [(100, Method.LEASE_KEEPALIVE, keepalive(7))])
+    harness.actor.on_time(time.monotonic() + 3.0)
+    harness.actor.flush()
+    assert harness.received("session") == []
+    harness.actor.on_time(time.monotonic() + 7.5)
+    harness.actor.flush()
+    timeout = (100, errors.TIMEOUT.code, errors.TIMEOUT.message.encode())
+    assert harness.received("session") == [(Kind.RESULT, 0, [timeout])]
