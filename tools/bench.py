@@ -7,6 +7,8 @@ One tool measures both servers, so a comparison reflects the servers, not two di
     python -m tools.bench --endpoints 127.0.0.1:2379 --clients 64 --duration 10 range foo --consistency s
     python -m tools.bench --endpoints 127.0.0.1:2379 --procs 2 --duration 15 \\
         watch-latency --streams 10 --watchers-per-stream 1000 --put-rate 100
+    python -m tools.bench --endpoints 127.0.0.1:2379 --procs 2 --conns 10 --duration 20 \\
+        lease-keepalive --leases 10000 --streams 100          # tools/bench_lease.py
 
 Why several processes: one Python process (GIL, protobuf and gRPC per-call overhead) saturates long
 before a server does, so `--procs P` forks P workers, each with its own event loop and gRPC channels;
@@ -271,6 +273,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run one workload as configured by `args` and return the summary (what --json prints)."""
     if args.cmd == "watch-latency":
         return run_watch_latency(args)
+    if args.cmd == "lease-keepalive":
+        from tools.bench_lease import run_lease_keepalive
+
+        return run_lease_keepalive(args)
     if not args.total and not args.duration:
         args.total = 10000
     ctx = mp.get_context("spawn")  # never fork a process that may hold gRPC state
@@ -786,6 +792,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="watcher g watches keys [g mod space, g mod space + width): width 1 = one key per watcher",
     )  # fmt: skip
     wl.add_argument("--drain", type=float, default=5.0, help="max seconds to wait for late events")
+    from tools.bench_lease import add_parser as add_lease_keepalive
+
+    add_lease_keepalive(sub)
     return p
 
 
@@ -799,6 +808,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run_watch_latency(args)
         print(json.dumps(summary, indent=2) if args.json else format_watch_report(summary), flush=True)
         return 0 if summary["events_received"] > 0 else 1
+    if args.cmd == "lease-keepalive":
+        from tools.bench_lease import format_report as format_lease_report
+
+        summary = run(args)
+        print(json.dumps(summary, indent=2) if args.json else format_lease_report(summary), flush=True)
+        return 0 if summary["requests"] > 0 else 1
     if args.procs > args.clients:
         args.procs = args.clients
     summary = run(args)
