@@ -40,6 +40,7 @@ class KeepAliveResult:
 
     sent: bytes = b""  # array('d') of time.monotonic()
     rtts: bytes = b""  # array('d') of seconds, parallel to sent
+    written: bytes = b""  # array('d'): when each keep-alive was written, answered or not
     expired: int = 0  # answers with TTL 0: the lease was lost (it expired before its keep-alive)
     leases: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -55,24 +56,35 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--leases", type=int, default=10000)
     p.add_argument("--streams", type=int, default=100, help="LeaseKeepAlive streams (over --conns channels)")
-    p.add_argument("--ttl", type=int, default=10, help="TTL the leases are granted with, seconds")
+    p.add_argument(
+        "--ttl", type=int, default=30,
+        help="TTL the leases are granted with, seconds: longer than granting them all takes, or the first "
+        "ones expire before their first keep-alive (etcd then holds the stream until the revoke)",
+    )  # fmt: skip
     p.add_argument("--interval", type=float, default=1.0, help="seconds between two keep-alives of a lease")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds of keep-alives first")
     p.add_argument("--leader-pid", default="", help="PID[,PID] of the leader: its CPU per keep-alive too")
     p.add_argument("--keep", action="store_true", help="do not revoke the leases at the end")
 
 
-async def _grant(channel: Any, n: int, ttl: int, timeout: float) -> list[int]:
+async def _grant(channels: list[Any], n: int, ttl: int, timeout: float) -> list[int]:
+    """``n`` leases, GRANT_CONCURRENCY in flight over the channels; then one linearizable read, so
+    the server has applied every grant before keep-alives start (etcd renews a lease only once its
+    applied index has caught up with its commit index: a backlog would be measured as latency)."""
     rpc_pb2 = bench._pb()
-    grant = channel.unary_unary("/etcdserverpb.Lease/LeaseGrant")
+    grants = [c.unary_unary("/etcdserverpb.Lease/LeaseGrant") for c in channels]
     request = rpc_pb2.LeaseGrantRequest(TTL=ttl).SerializeToString()
     gate = asyncio.Semaphore(GRANT_CONCURRENCY)
 
-    async def one() -> int:
+    async def one(i: int) -> int:
         async with gate:
-            return rpc_pb2.LeaseGrantResponse.FromString(await grant(request, timeout=timeout)).ID
+            answer = await grants[i % len(grants)](request, timeout=timeout)
+            return rpc_pb2.LeaseGrantResponse.FromString(answer).ID
 
-    return list(await asyncio.gather(*(one() for _ in range(n))))
+    ids = list(await asyncio.gather(*(one(i) for i in range(n))))
+    read = channels[0].unary_unary("/etcdserverpb.KV/Range")
+    await read(rpc_pb2.RangeRequest(key=b"bench/lease-keepalive").SerializeToString(), timeout=timeout * 6)
+    return ids
 
 
 async def _revoke(channel: Any, ids: list[int], timeout: float) -> None:
@@ -108,14 +120,7 @@ async def _worker_main(
     try:
         await bench.wait_connected(channels, args)
         n_leases = sum(bench._share(args.leases, args.streams, s) for s in streams)
-        per_channel = [bench._share(n_leases, n_conns, c) for c in range(n_conns)]
-        granted = await asyncio.gather(
-            *(
-                _grant(ch, n, args.ttl, args.request_timeout)
-                for ch, n in zip(channels, per_channel, strict=True)
-            )
-        )
-        ids = [i for part in granted for i in part]
+        ids = await _grant(channels, n_leases, args.ttl, args.request_timeout)
         result.leases = len(ids)
         calls, leases_of = [], []
         offset = 0
@@ -126,7 +131,7 @@ async def _worker_main(
             calls.append(channels[k % n_conns].stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")())
         requests = {i: rpc_pb2.LeaseKeepAliveRequest(ID=i).SerializeToString() for i in ids}
         in_flight: dict[int, deque[float]] = {i: deque() for i in ids}
-        sent, rtts = array("d"), array("d")
+        sent, rtts, written = array("d"), array("d"), array("d")
         parse = rpc_pb2.LeaseKeepAliveResponse.FromString
 
         async def read(call: Any) -> None:
@@ -167,10 +172,11 @@ async def _worker_main(
             for call, leases in zip(calls, leases_of, strict=True):
                 for lease_id in leases[k::PACE_HZ]:
                     in_flight[lease_id].append(now)
+                    written.append(now)
                     await call.write(requests[lease_id])
             n += 1
         await asyncio.sleep(min(2.0, args.interval))  # let the last answers come in
-        result.sent, result.rtts = sent.tobytes(), rtts.tobytes()
+        result.sent, result.rtts, result.written = sent.tobytes(), rtts.tobytes(), written.tobytes()
     except Exception as exc:  # reported to the parent, which fails the whole run
         result.failure = f"lease worker {index}: {type(exc).__name__}: {exc}"
         ready.set()
@@ -264,8 +270,11 @@ def run_lease_keepalive(args: argparse.Namespace) -> dict[str, Any]:
     if failures:
         raise SystemExit("bench: " + "; ".join(failures))
 
-    rtts = array("d")
+    rtts, written = array("d"), 0
     for r in results:
+        writes = array("d")
+        writes.frombytes(r.written)
+        written += sum(1 for t in writes if window_start <= t < window_end)
         sent, rtt = array("d"), array("d")
         sent.frombytes(r.sent)
         rtt.frombytes(r.rtts)
@@ -288,6 +297,7 @@ def run_lease_keepalive(args: argparse.Namespace) -> dict[str, Any]:
         "window_s": window,
         "requests": answered,  # keep-alives answered in the window (bench's names, for compare_bench)
         "asked_per_s": args.leases / args.interval,
+        "written_per_s": written / window if window > 0 else math.nan,  # below asked: the client lags
         "requests_per_s": answered / window if window > 0 else math.nan,
         "expired_answers": sum(r.expired for r in results),
         "errors": sum(errors.values()),
@@ -316,7 +326,8 @@ def format_report(s: dict[str, Any]) -> str:
         f"  {s['leases']} leases granted in {s['grant_s']:.1f} s",
         "Summary:",
         f"  Keep-alives:\t{s['requests']} answered in {s['window_s']:.1f} s: {s['requests_per_s']:.0f}/s "
-        f"(asked {s['asked_per_s']:.0f}/s); {s['expired_answers']} answered TTL 0; {s['errors']} errors",
+        f"(asked {s['asked_per_s']:.0f}/s, written {s['written_per_s']:.0f}/s); "
+        f"{s['expired_answers']} answered TTL 0; {s['errors']} errors",
         "",
         "Keep-alive round trip, written -> answer read (ms):",
         f"  min {lat['min']:.3f}  avg {lat['avg']:.3f}  max {lat['max']:.3f}",

@@ -113,6 +113,7 @@ METRICS: list[tuple[str, Any]] = [
     ("server CPU µs/req", lambda s: s.get("server_cpu_us_per_req", math.nan)),
     ("leader CPU µs/req", lambda s: s.get("leader_cpu_us_per_req", math.nan)),
     ("failed requests", lambda s: float(s["errors"])),
+    ("keep-alives answered TTL 0 (lost leases)", lambda s: float(s.get("expired_answers", math.nan))),
 ]
 
 
