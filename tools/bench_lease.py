@@ -24,7 +24,6 @@ import statistics
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -193,13 +192,7 @@ async def _worker_main(
 
 def _worker_entry(args: argparse.Namespace, index: int, ready: Any, go: Any, stop: Any, conn: Any) -> None:
     try:
-        import uvloop
-
-        runner: Callable[..., Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        result = runner(_worker_main(args, index, ready, go, stop))
+        result = bench._run_loop(_worker_main(args, index, ready, go, stop))
     except BaseException as exc:
         result = KeepAliveResult(failure=f"lease worker {index}: {type(exc).__name__}: {exc}")
         ready.set()
