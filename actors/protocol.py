@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from enum import IntEnum
+from enum import IntEnum, unique
 
 FRAME_HEADER = struct.Struct("<BQ")
 RECORD_HEADER = struct.Struct("<QBI")
@@ -29,6 +29,7 @@ PROPOSAL_HEADER = struct.Struct("<QB")
 Record = tuple[int, int, bytes]
 
 
+@unique  # two branches picking the same number would otherwise alias silently
 class Kind(IntEnum):
     """What the records of a frame are."""
 
@@ -44,8 +45,8 @@ class Kind(IntEnum):
     WATCH_EVENTS = 10  # storage -> watch: (revision, 0, pack_blobs(serialized Events)); aux = raft term
     # Lease actor to lease actor across members, relayed by the raft actors over the peer link. To
     # raft, aux is the member to deliver to; delivered to a lease actor, aux is the member it came from.
-    LEASE_FORWARD = 11  # a follower's lease reads for the leader's clock: (request key, Method, body)
-    LEASE_REPLY = 12  # the leader's answers to them: (request key, status code, response or error text)
+    LEASE_FORWARD = 20  # a follower's lease reads for the leader's clock: (request key, Method, body)
+    LEASE_REPLY = 21  # the leader's answers to them: (request key, status code, response or error text)
 
 
 class Method(IntEnum):

@@ -5,10 +5,10 @@ to the peer's advertised URL. Sends never block: raft tolerates lost messages (i
 peer that is down or slow loses messages instead of stalling the loop (``ZMQ_IMMEDIATE`` keeps
 nothing queued for a peer that is not connected; the high-water mark bounds the rest).
 
-Three kinds of peer frames travel here: raft messages (:mod:`actors.raft.codec`), proposals a
-follower forwards to the leader, and frames between the members' lease actors (keep-alives a
-follower forwards to the leader's lease clock, and its answers); the last two are the envelope of
-:mod:`actors.protocol` behind a magic and the sender's member id.
+Two kinds of peer frames travel here: raft messages (:mod:`actors.raft.codec`) and proposals a
+follower forwards to the leader (the envelope of :mod:`actors.protocol`, behind its own magic).
+The lease actors use the link too (a follower's keep-alives to the leader's lease clock, and its
+answers): the same envelope behind LEASE_MAGIC, handed to and from the lease actor unopened.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from actors.raft.core import Message
 log = structlog.get_logger()
 
 FORWARD_MAGIC = b"CRNF"
-LEASE_MAGIC = b"CRNL"
-PROPOSE_KINDS = frozenset({Kind.PROPOSE})
+LEASE_MAGIC = b"CRNL"  # + sender id:u64 + pack(Kind.LEASE_FORWARD or LEASE_REPLY, records, aux=cluster id)
 LEASE_KINDS = frozenset({Kind.LEASE_FORWARD, Kind.LEASE_REPLY})
 PEER_HWM = 10000
 FAULT_FILE_ENV = "CAIRN_FAULT_FILE"  # tests only: a file naming peers to cut this member off from
@@ -125,25 +124,14 @@ class PeerTransport:
         """Hand proposals to the leader; False when there is no link to it."""
         if leader not in self.outbound:
             return False
-        self._send_envelope(leader, FORWARD_MAGIC, Kind.PROPOSE, proposals)
+        sender = self.member_id.to_bytes(8, "big")
+        self._send(leader, FORWARD_MAGIC + sender + pack(Kind.PROPOSE, proposals, aux=self.cluster_id))
         return True
 
     def send_lease(self, peer: int, kind: int, records: list[Record]) -> None:
-        """A frame for ``peer``'s lease actor (lost if the link is down: the lease actor resends)."""
-        self._send_envelope(peer, LEASE_MAGIC, kind, records)
-
-    def _send_envelope(self, peer: int, magic: bytes, kind: int, records: list[Record]) -> None:
+        """A frame for ``peer``'s lease actor; lost if the link is down (the lease actor resends)."""
         sender = self.member_id.to_bytes(8, "big")
-        self._send(peer, magic + sender + pack(kind, records, aux=self.cluster_id))
-
-    def _open_envelope(self, frame: bytes, kinds: frozenset[int]) -> tuple[int, int, list[Record]]:
-        """``(sender, kind, records)`` of a magic-prefixed frame; MalformedFrame if not for us."""
-        start = len(FORWARD_MAGIC) + 8
-        sender = int.from_bytes(frame[len(FORWARD_MAGIC) : start], "big")
-        kind, cluster, records = unpack(frame[start:])
-        if kind not in kinds or cluster != self.cluster_id:
-            raise MalformedFrame(f"peer frame of kind {kind} from cluster {cluster:x}")
-        return sender, kind, records
+        self._send(peer, LEASE_MAGIC + sender + pack(kind, records, aux=self.cluster_id))
 
     def receive(
         self, messages: list[list[bytes]]
@@ -156,14 +144,22 @@ class PeerTransport:
         for parts in messages:
             frame = parts[-1]
             try:
-                if frame.startswith(FORWARD_MAGIC):
-                    sender, _, records = self._open_envelope(frame, PROPOSE_KINDS)
-                    if sender not in self.cut:
-                        forwarded.extend(records)
-                elif frame.startswith(LEASE_MAGIC):
-                    sender, kind, records = self._open_envelope(frame, LEASE_KINDS)
+                if frame.startswith(LEASE_MAGIC):
+                    start = len(LEASE_MAGIC) + 8
+                    sender = int.from_bytes(frame[len(LEASE_MAGIC) : start], "big")
+                    kind, cluster, records = unpack(frame[start:])
+                    if kind not in LEASE_KINDS or cluster != self.cluster_id:
+                        raise MalformedFrame("lease frame of another kind or cluster")
                     if sender not in self.cut:
                         lease.append((sender, kind, records))
+                elif frame.startswith(FORWARD_MAGIC):
+                    start = len(FORWARD_MAGIC) + 8
+                    sender = int.from_bytes(frame[len(FORWARD_MAGIC) : start], "big")
+                    kind, cluster, records = unpack(frame[start:])
+                    if kind != Kind.PROPOSE or cluster != self.cluster_id:
+                        raise MalformedFrame("forwarded proposals from another cluster")
+                    if sender not in self.cut:
+                        forwarded.extend(records)
                 else:
                     raft.extend(
                         m
