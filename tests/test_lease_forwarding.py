@@ -1,7 +1,8 @@
 """Keep-alives on a follower: the pure bookkeeping (ForwardedReads) and the lease actor's routing.
 
 The actor is driven through its real inproc sockets (its own inbox; PULL sockets stand in for
-the raft, storage and session actors' inboxes, so everything it sends is read back as frames).
+the raft and session actors' inboxes, so everything it sends is read back as frames). Keep-alives
+reach it as storage sends them: a LeaseKeepAliveResponse with the header filled in, TTL to fill.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def test_pending_reads_are_answered_once_and_resent_oldest_first() -> None:
     assert reads.add(1, Method.LEASE_KEEPALIVE, b"a", now=0.0) == (1, Method.LEASE_KEEPALIVE, b"a")
     reads.add(2, Method.LEASE_TIME_TO_LIVE, b"b", now=1.0)
     assert reads.pending() == [(1, Method.LEASE_KEEPALIVE, b"a"), (2, Method.LEASE_TIME_TO_LIVE, b"b")]
-    assert reads.answered(1) == Method.LEASE_KEEPALIVE
-    assert reads.answered(1) is None  # a duplicate answer (the request went to two leaders)
+    assert reads.answered(1)
+    assert not reads.answered(1)  # a duplicate answer (the request went to two leaders)
     assert len(reads) == 1 and reads.take() == [(2, Method.LEASE_TIME_TO_LIVE, b"b")] and len(reads) == 0
 
 
@@ -40,7 +41,7 @@ def test_unanswered_reads_expire_at_their_deadline_only() -> None:
         reads.add(key, Method.LEASE_KEEPALIVE, b"", now=float(key))
     assert reads.expired(6.9) == []
     assert reads.expired(9.0) == [0, 1, 2]
-    assert reads.answered(1) is None  # failed already: a late answer is dropped
+    assert not reads.answered(1)  # failed already: a late answer is dropped
     assert [k for k, _, _ in reads.pending()] == [3, 4]
 
 
@@ -52,7 +53,7 @@ class Harness:
 
     def __init__(self) -> None:
         self.ctx = zmq.Context()
-        self.peers = {name: inbox(self.ctx, name) for name in ("raft", "storage", "session")}
+        self.peers = {name: inbox(self.ctx, name) for name in ("raft", "session")}
         self.actor = LeaseActor(self.ctx, LeaseSettings(ME, ME << 48, election_ms=1000, request_timeout=7.0))
 
     def send(self, kind: int, records: list[tuple[int, int, bytes]], aux: int = 0) -> None:
@@ -82,8 +83,11 @@ def harness() -> Iterator[Harness]:
         h.close()
 
 
-def keepalive(lease_id: int) -> bytes:
-    return rpc_pb2.LeaseKeepAliveRequest(ID=lease_id).SerializeToString()
+def keepalive(lease_id: int, ttl: int = 0) -> bytes:
+    """A keep-alive as storage hands it on (header filled in), or with ``ttl`` as answered."""
+    response = rpc_pb2.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl)
+    response.header.revision = 5
+    return response.SerializeToString()
 
 
 def granted(lease_id: int, ttl: int) -> tuple[int, int, bytes]:
@@ -97,10 +101,9 @@ def test_a_follower_forwards_to_the_leader_and_relays_its_answer(harness: Harnes
     assert harness.received("raft") == [
         (Kind.LEASE_FORWARD, LEADER, [(100, Method.LEASE_KEEPALIVE, keepalive(7))])
     ]
-    answer = rpc_pb2.LeaseKeepAliveResponse(ID=7, TTL=10).SerializeToString()
+    answer = keepalive(7, ttl=10)
     harness.send(Kind.LEASE_REPLY, [(100, 0, answer), (100, 0, answer)], aux=LEADER)  # second: a duplicate
-    assert harness.received("storage") == [(Kind.READ, 0, [(100, Method.LEASE_KEEPALIVE, answer)])]
-    assert harness.received("session") == []
+    assert harness.received("session") == [(Kind.RESULT, 0, [(100, 0, answer)])]
 
 
 def test_errors_from_the_leader_go_to_the_session(harness: Harness) -> None:
@@ -137,11 +140,14 @@ def test_a_follower_that_becomes_leader_answers_what_it_had_forwarded(harness: H
     harness.received("raft")
     harness.send(Kind.LEADER, [], aux=ME)
     answers = [
-        (key, rpc_pb2.LeaseKeepAliveResponse.FromString(body))
-        for _, _, recs in harness.received("storage")
-        for key, _, body in recs
+        (key, status, rpc_pb2.LeaseKeepAliveResponse.FromString(body))
+        for _, _, recs in harness.received("session")
+        for key, status, body in recs
     ]
-    assert [(key, r.ID, r.TTL) for key, r in answers] == [(100, 7, 10), (101, 9, 0)]  # 9: unknown, TTL 0
+    assert [(key, status, r.ID, r.TTL, r.header.revision) for key, status, r in answers] == [
+        (100, 0, 7, 10, 5),
+        (101, 0, 9, 0, 5),  # 9: unknown, TTL 0
+    ]
     assert harness.received("raft") == []
 
 
@@ -165,7 +171,7 @@ def test_the_leader_answers_other_members_and_a_follower_does_not(harness: Harne
         Kind.LEASE_REPLY, OTHER, [(1, 0), (2, 0), (3, 0), (4, errors.Code.INVALID_ARGUMENT)],
     )  # fmt: skip
     alive = rpc_pb2.LeaseKeepAliveResponse.FromString(replies[0][2])
-    assert (alive.ID, alive.TTL) == (7, 10)
+    assert (alive.ID, alive.TTL, alive.header.revision) == (7, 10, 5)  # the asker's header kept
     ttl = rpc_pb2.LeaseTimeToLiveResponse.FromString(replies[1][2])
     assert (ttl.TTL, ttl.grantedTTL, list(ttl.keys)) == (10, 10, [b"k"])  # just renewed (key 1)
     gone = rpc_pb2.LeaseTimeToLiveResponse.FromString(replies[2][2])

@@ -53,7 +53,6 @@ class LeaseActor(Actor):
         self.settings = settings
         self.inbox = inbox(ctx, self.name)
         self.raft = Mailbox(ctx, "raft")
-        self.storage = Mailbox(ctx, "storage")
         self.session = Mailbox(ctx, "session")
         self.clock = LeaseClock(checkpoint_interval=settings.checkpoint_interval)
         self.forwarded = ForwardedReads(settings.request_timeout)
@@ -103,24 +102,24 @@ class LeaseActor(Actor):
             self.raft.extend(Kind.LEASE_FORWARD, self.forwarded.pending(), aux=leader)
 
     def _read(self, key: int, method: int, body: bytes, now: float) -> None:
-        """A keep-alive (from the session) or a TimeToLive (from storage, which filled in the keys)."""
+        """A keep-alive or TimeToLive response from storage (header and keys filled in) for the
+        leader's clock to complete."""
         if not self.clock.is_primary:
             record = self.forwarded.add(key, method, body, now)
             if self.leader:  # otherwise it goes when a leader is known
                 self.raft.put(Kind.LEASE_FORWARD, record, aux=self.leader)
             return
         try:
-            self._relay(key, method, self._clock_answer(method, body, now))
+            self.session.put(Kind.RESULT, (key, 0, self._clock_answer(method, body, now)))
         except (DecodeError, ValueError) as e:
             self._fail(key, errors.EtcdError(errors.Code.INVALID_ARGUMENT, f"bad lease request: {e}"))
 
     def _clock_answer(self, method: int, body: bytes, now: float) -> bytes:
-        """What the leader's clock says: the renewed TTL, or the remaining TTL (no header yet)."""
+        """The response with what the leader's clock says: the renewed TTL, or the remaining TTL."""
         if method == Method.LEASE_KEEPALIVE:
-            request = rpc_pb2.LeaseKeepAliveRequest.FromString(body)
-            return rpc_pb2.LeaseKeepAliveResponse(
-                ID=request.ID, TTL=self.clock.renew(request.ID, now)
-            ).SerializeToString()
+            keepalive = rpc_pb2.LeaseKeepAliveResponse.FromString(body)
+            keepalive.TTL = self.clock.renew(keepalive.ID, now)
+            return keepalive.SerializeToString()
         if method == Method.LEASE_TIME_TO_LIVE:
             response = rpc_pb2.LeaseTimeToLiveResponse.FromString(body)
             ttl = self.clock.remaining(response.ID, now)
@@ -129,14 +128,6 @@ class LeaseActor(Actor):
             response.TTL = ttl
             return response.SerializeToString()
         raise ValueError(f"method {method} is not answered by the lease clock")
-
-    def _relay(self, key: int, method: int, response: bytes) -> None:
-        """An answer from the clock to the session: a keep-alive through storage for its header
-        (TimeToLive went through storage before, for its keys and header)."""
-        if method == Method.LEASE_KEEPALIVE:
-            self.storage.put(Kind.READ, (key, method, response))
-        else:
-            self.session.put(Kind.RESULT, (key, 0, response))
 
     def _fail(self, key: int, error: errors.EtcdError) -> None:
         self.session.put(Kind.RESULT, (key, error.code, error.message.encode()))
@@ -162,13 +153,8 @@ class LeaseActor(Actor):
     def _relay_replies(self, records: list[Record]) -> None:
         """The leader's answers to what this member forwarded; late duplicates are dropped."""
         for key, status, body in records:
-            method = self.forwarded.answered(key)
-            if method is None:
-                continue
-            if status:
+            if self.forwarded.answered(key):
                 self.session.put(Kind.RESULT, (key, status, body))
-            else:
-                self._relay(key, method, body)
 
     def _propose(self, method: Method, request: bytes) -> None:
         # nobody waits for these results: the key's low bits are 0, which the session never issues
@@ -193,10 +179,9 @@ class LeaseActor(Actor):
 
     def flush(self) -> None:
         self.raft.flush()
-        self.storage.flush()
         self.session.flush()
 
     def close(self) -> None:
         self.inbox.close(linger=0)
-        for mailbox in (self.raft, self.storage, self.session):
+        for mailbox in (self.raft, self.session):
             mailbox.close()

@@ -33,11 +33,10 @@ class ForwardedReads:
         self._pending[key] = _Pending(method, body, now + self.timeout)
         return key, method, body
 
-    def answered(self, key: int) -> int | None:
-        """The answer for ``key`` came: its method, or None when it is not pending (a late duplicate
-        of an answer already relayed, or one that arrived after its deadline)."""
-        pending = self._pending.pop(key, None)
-        return None if pending is None else pending.method
+    def answered(self, key: int) -> bool:
+        """The answer for ``key`` came: whether it was pending (False for a late duplicate of an
+        answer already relayed, or one that arrived after its deadline)."""
+        return self._pending.pop(key, None) is not None
 
     def pending(self) -> list[Record]:
         """Every request still unanswered, oldest first, to send again to a new leader."""
