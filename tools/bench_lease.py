@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import multiprocessing as mp
 import statistics
 import time
 from array import array
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from tools import bench
@@ -190,16 +189,6 @@ async def _worker_main(
     return result
 
 
-def _worker_entry(args: argparse.Namespace, index: int, ready: Any, go: Any, stop: Any, conn: Any) -> None:
-    try:
-        result = bench._run_loop(_worker_main(args, index, ready, go, stop))
-    except BaseException as exc:
-        result = KeepAliveResult(failure=f"lease worker {index}: {type(exc).__name__}: {exc}")
-        ready.set()
-    conn.send(asdict(result))
-    conn.close()
-
-
 def _pids(text: str) -> list[int]:
     return [int(p) for p in text.split(",")] if text else []
 
@@ -209,32 +198,18 @@ def run_lease_keepalive(args: argparse.Namespace) -> dict[str, Any]:
     if not args.duration:
         args.duration = 10.0
     args.procs = max(1, min(args.procs, args.streams))
-    ctx = mp.get_context("spawn")
-    ready_events = [ctx.Event() for _ in range(args.procs)]
-    go, stop = ctx.Event(), ctx.Event()
-    procs, pipes = [], []
-    for i in range(args.procs):
-        parent_end, child_end = ctx.Pipe(duplex=False)
-        p = ctx.Process(
-            target=_worker_entry, args=(args, i, ready_events[i], go, stop, child_end), daemon=True
-        )
-        p.start()
-        child_end.close()
-        procs.append(p)
-        pipes.append(parent_end)
+    ready_events = [bench.SPAWN.Event() for _ in range(args.procs)]
+    go, stop = bench.SPAWN.Event(), bench.SPAWN.Event()
+    workers = bench.Workers(
+        args.procs,
+        bench.run_worker,
+        lambda i: (_worker_main, KeepAliveResult, args, i, ready_events[i], go, stop),
+    )
     bench._log(args, f"{args.procs} process(es): granting {args.leases} leases, {args.streams} streams")
     server_pids, leader_pids = _pids(args.server_pid), _pids(args.leader_pid)
-    results: list[KeepAliveResult] = []
     try:
         t0 = time.monotonic()
-        for ev in ready_events:
-            if not ev.wait(args.connect_timeout + 600):
-                raise SystemExit("bench: a lease worker did not become ready in time")
-        early = [KeepAliveResult(**c.recv()).failure for c in pipes if c.poll(0)]
-        if early:
-            stop.set()
-            go.set()
-            raise SystemExit("bench: " + "; ".join(early))
+        workers.wait_ready(ready_events, args.connect_timeout + 600, KeepAliveResult, go)
         grant_s = time.monotonic() - t0
         bench._log(args, f"{args.leases} leases granted in {grant_s:.1f}s; keep-alives for "
                          f"{args.warmup:g}s + {args.duration:g}s measured")  # fmt: skip
@@ -248,20 +223,11 @@ def run_lease_keepalive(args: argparse.Namespace) -> dict[str, Any]:
         lcpu1 = bench.process_tree_cpu(leader_pids) if leader_pids else 0.0
         window_end = time.monotonic()
         stop.set()
-        for i, conn in enumerate(pipes):
-            if not conn.poll(args.request_timeout * 2 + 600):
-                raise SystemExit(f"bench: lease worker {i} produced no result")
-            results.append(KeepAliveResult(**conn.recv()))
+        results = workers.results(KeepAliveResult, args.request_timeout * 2 + 600)
     finally:
         stop.set()
         go.set()
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-    failures = [r.failure for r in results if r.failure]
-    if failures:
-        raise SystemExit("bench: " + "; ".join(failures))
+        workers.join(30)
 
     rtts, written = array("d"), 0
     for r in results:
