@@ -51,13 +51,19 @@ def test_unanswered_reads_expire_at_their_deadline_only() -> None:
 class Harness:
     """A LeaseActor plus PULL sockets bound where raft, storage and session would listen."""
 
-    def __init__(self) -> None:
+    def __init__(self, election_ms: int = 1000) -> None:
         self.ctx = zmq.Context()
         self.peers = {name: inbox(self.ctx, name) for name in ("raft", "session")}
-        self.actor = LeaseActor(self.ctx, LeaseSettings(ME, ME << 48, election_ms=1000, request_timeout=7.0))
+        settings = LeaseSettings(ME, ME << 48, election_ms=election_ms, request_timeout=7.0)
+        self.actor = LeaseActor(self.ctx, settings)
 
     def send(self, kind: int, records: list[tuple[int, int, bytes]], aux: int = 0) -> None:
         self.actor.handle(self.actor.inbox, [[pack(kind, records, aux)]])
+        self.actor.flush()
+
+    def tick(self, later: float) -> None:
+        """The actor's timer, ``later`` seconds from now."""
+        self.actor.on_time(time.monotonic() + later)
         self.actor.flush()
 
     def received(self, name: str) -> list[tuple[int, int, list[tuple[int, int, bytes]]]]:
@@ -88,6 +94,16 @@ def keepalive(lease_id: int, ttl: int = 0) -> bytes:
     response = rpc_pb2.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl)
     response.header.revision = 5
     return response.SerializeToString()
+
+
+def answers(harness: Harness) -> list[tuple[int, int, int, int, int]]:
+    """(key, status, lease id, TTL, header revision) of each keep-alive answered to the session."""
+    out = []
+    for _, _, records in harness.received("session"):
+        for key, status, body in records:
+            r = rpc_pb2.LeaseKeepAliveResponse.FromString(body)
+            out.append((key, status, r.ID, r.TTL, r.header.revision))
+    return out
 
 
 def granted(lease_id: int, ttl: int) -> tuple[int, int, bytes]:
@@ -139,19 +155,51 @@ def test_a_follower_that_becomes_leader_answers_what_it_had_forwarded(harness: H
     )
     harness.received("raft")
     harness.send(Kind.LEADER, [], aux=ME)
-    answers = [
-        (key, status, rpc_pb2.LeaseKeepAliveResponse.FromString(body))
-        for _, _, recs in harness.received("session")
-        for key, status, body in recs
-    ]
-    assert [(key, status, r.ID, r.TTL, r.header.revision) for key, status, r in answers] == [
-        (100, 0, 7, 10, 5),
-        (101, 0, 9, 0, 5),  # 9: unknown, TTL 0
-    ]
+    assert answers(harness) == [(100, 0, 7, 10, 5)]  # 9 is unknown: it waits for the new leader to settle
+    harness.tick(1.5)
+    assert answers(harness) == [(101, 0, 9, 0, 5)]  # still unknown: TTL 0, as etcd
     assert harness.received("raft") == []
 
 
-def test_the_leader_answers_other_members_and_a_follower_does_not(harness: Harness) -> None:
+def test_a_new_leader_does_not_call_a_lease_it_has_not_applied_yet_unknown(harness: Harness) -> None:
+    harness.send(Kind.LEADER, [], aux=ME)
+    harness.send(Kind.READ, [(100, Method.LEASE_KEEPALIVE, keepalive(11))])
+    harness.send(Kind.LEASE_FORWARD, [(200, Method.LEASE_KEEPALIVE, keepalive(11))], aux=OTHER)
+    assert harness.received("session") == [] and harness.received("raft") == []
+    harness.send(Kind.LEASE_EVENTS, [granted(11, 10)])  # the grant the old leader committed, applied now
+    harness.tick(1.5)
+    assert answers(harness) == [(100, 0, 11, 10, 5)]
+    [(kind, to, [(key, status, body)])] = harness.received("raft")
+    assert (kind, to, key, status, rpc_pb2.LeaseKeepAliveResponse.FromString(body).TTL) == (
+        Kind.LEASE_REPLY, OTHER, 200, 0, 10,
+    )  # fmt: skip
+
+
+def test_reads_a_new_leader_held_go_to_the_next_leader_if_it_loses_leadership(harness: Harness) -> None:
+    harness.send(Kind.LEADER, [], aux=ME)
+    harness.send(Kind.READ, [(100, Method.LEASE_KEEPALIVE, keepalive(11))])
+    harness.send(Kind.LEASE_FORWARD, [(200, Method.LEASE_KEEPALIVE, keepalive(11))], aux=OTHER)
+    harness.send(Kind.LEADER, [], aux=OTHER)
+    # ours is forwarded to the new leader; the other member's is dropped (it resends it itself)
+    assert harness.received("raft") == [
+        (Kind.LEASE_FORWARD, OTHER, [(100, Method.LEASE_KEEPALIVE, keepalive(11))])
+    ]
+    harness.tick(1.5)
+    assert harness.received("session") == [] and harness.received("raft") == []
+
+
+@pytest.fixture
+def quick_harness() -> Iterator[Harness]:
+    """A harness whose election timeout (so a new leader's settling time) is 50 ms."""
+    h = Harness(election_ms=50)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def test_the_leader_answers_other_members_and_a_follower_does_not(quick_harness: Harness) -> None:
+    harness = quick_harness
     harness.send(Kind.LEASE_EVENTS, [granted(7, 10)])
     ttl_query = rpc_pb2.LeaseTimeToLiveResponse(ID=7, grantedTTL=10, keys=[b"k"]).SerializeToString()
     gone_query = rpc_pb2.LeaseTimeToLiveResponse(ID=5, grantedTTL=10, keys=[b"k"]).SerializeToString()
@@ -165,6 +213,7 @@ def test_the_leader_answers_other_members_and_a_follower_does_not(harness: Harne
     harness.send(Kind.LEASE_FORWARD, asked, aux=OTHER)  # not the leader here: dropped, the asker resends
     assert harness.received("raft") == []
     harness.send(Kind.LEADER, [], aux=ME)
+    time.sleep(0.1)  # settled: a lease it does not know is not found
     harness.send(Kind.LEASE_FORWARD, asked, aux=OTHER)
     [(kind, to, replies)] = harness.received("raft")
     assert (kind, to, [(key, status) for key, status, _ in replies]) == (
@@ -181,10 +230,8 @@ def test_the_leader_answers_other_members_and_a_follower_does_not(harness: Harne
 def test_an_unanswered_forward_fails_with_etcds_timeout(harness: Harness) -> None:
     harness.send(Kind.LEADER, [], aux=LEADER)
     harness.send(Kind.READ, [(100, Method.LEASE_KEEPALIVE, keepalive(7))])
-    harness.actor.on_time(time.monotonic() + 3.0)
-    harness.actor.flush()
+    harness.tick(3.0)
     assert harness.received("session") == []
-    harness.actor.on_time(time.monotonic() + 7.5)
-    harness.actor.flush()
+    harness.tick(7.5)
     timeout = (100, errors.TIMEOUT.code, errors.TIMEOUT.message.encode())
     assert harness.received("session") == [(Kind.RESULT, 0, [timeout])]

@@ -57,6 +57,8 @@ class LeaseActor(Actor):
         self.clock = LeaseClock(checkpoint_interval=settings.checkpoint_interval)
         self.forwarded = ForwardedReads(settings.request_timeout)
         self.leader = 0  # the raft leader's member id as raft last told us, 0 = none
+        self.settled_at = 0.0  # a new leader's reads of leases it does not know wait until then
+        self.unsettled: list[tuple[int, int, int, bytes]] = []  # (member or 0, key, method, body)
         self.next_turn = time.monotonic() + TURN
 
     def sockets(self) -> Sequence[zmq.Socket]:
@@ -92,11 +94,15 @@ class LeaseActor(Actor):
         if leading and not self.clock.is_primary:
             # like etcd: leases get an extra election timeout, so none expires for lack of a leader
             self.clock.promote(now, extend=self.settings.election_ms / 1000.0)
+            self.settled_at = now + self.settings.election_ms / 1000.0
         elif not leading and self.clock.is_primary:
             self.clock.demote()
+            held, self.unsettled = self.unsettled, []
+            for member, key, method, body in held:
+                if not member:  # our own clients': to the new leader (below); other members resend theirs
+                    self.forwarded.add(key, method, body, now)
         if leading:
-            for key, method, body in self.forwarded.take():
-                self._read(key, method, body, now)
+            self._answer(0, self.forwarded.take(), now)
         elif leader and len(self.forwarded):
             log.info("lease_reads_forwarded_again", leader=f"{leader:x}", count=len(self.forwarded))
             self.raft.extend(Kind.LEASE_FORWARD, self.forwarded.pending(), aux=leader)
@@ -104,15 +110,54 @@ class LeaseActor(Actor):
     def _read(self, key: int, method: int, body: bytes, now: float) -> None:
         """A keep-alive or TimeToLive response from storage (header and keys filled in) for the
         leader's clock to complete."""
-        if not self.clock.is_primary:
-            record = self.forwarded.add(key, method, body, now)
-            if self.leader:  # otherwise it goes when a leader is known
-                self.raft.put(Kind.LEASE_FORWARD, record, aux=self.leader)
+        if self.clock.is_primary:
+            self._answer(0, [(key, method, body)], now)
             return
-        try:
-            self.session.put(Kind.RESULT, (key, 0, self._clock_answer(method, body, now)))
-        except (DecodeError, ValueError) as e:
-            self._fail(key, errors.EtcdError(errors.Code.INVALID_ARGUMENT, f"bad lease request: {e}"))
+        record = self.forwarded.add(key, method, body, now)
+        if self.leader:  # otherwise it goes when a leader is known
+            self.raft.put(Kind.LEASE_FORWARD, record, aux=self.leader)
+
+    def _answer_member(self, member: int, records: list[Record], now: float) -> None:
+        """Lease reads another member forwarded: answered when this member's clock is the leader's.
+
+        Otherwise (leadership moved on meanwhile) they are dropped: the asking member sends them
+        again once it learns the new leader, and fails them at their deadline.
+        """
+        if self.clock.is_primary:
+            self._answer(member, records, now)
+        else:
+            log.info("lease_reads_not_leader", member=f"{member:x}", count=len(records))
+
+    def _answer(self, member: int, records: list[Record], now: float) -> None:
+        """Complete lease reads from the leader's clock, for ``member`` (0: this member's session).
+
+        A new leader may not have applied the latest grants yet (entries the old leader committed
+        reach its storage once its own first entry commits): until an election timeout after its
+        promotion, a read of a lease it does not know waits instead of answering "not found", as
+        etcd's leader waits for its applied index to catch up before renewing.
+        """
+        replies: list[Record] = []
+        for key, method, body in records:
+            try:
+                if now < self.settled_at and self._lease_id(method, body) not in self.clock:
+                    self.unsettled.append((member, key, method, body))
+                    continue
+                replies.append((key, 0, self._clock_answer(method, body, now)))
+            except (DecodeError, ValueError) as e:
+                error = errors.EtcdError(errors.Code.INVALID_ARGUMENT, f"bad lease request: {e}")
+                replies.append((key, error.code, error.message.encode()))
+        if member:
+            self.raft.extend(Kind.LEASE_REPLY, replies, aux=member)
+        else:
+            self.session.extend(Kind.RESULT, replies)
+
+    @staticmethod
+    def _lease_id(method: int, body: bytes) -> int:
+        if method == Method.LEASE_KEEPALIVE:
+            return rpc_pb2.LeaseKeepAliveResponse.FromString(body).ID
+        if method == Method.LEASE_TIME_TO_LIVE:
+            return rpc_pb2.LeaseTimeToLiveResponse.FromString(body).ID
+        raise ValueError(f"method {method} is not answered by the lease clock")
 
     def _clock_answer(self, method: int, body: bytes, now: float) -> bytes:
         """The response with what the leader's clock says: the renewed TTL, or the remaining TTL."""
@@ -132,24 +177,6 @@ class LeaseActor(Actor):
     def _fail(self, key: int, error: errors.EtcdError) -> None:
         self.session.put(Kind.RESULT, (key, error.code, error.message.encode()))
 
-    def _answer_member(self, member: int, records: list[Record], now: float) -> None:
-        """Lease reads another member forwarded: answered when this member's clock is the leader's.
-
-        Otherwise (leadership moved on meanwhile) they are dropped: the asking member sends them
-        again once it learns the new leader, and fails them at their deadline.
-        """
-        if not self.clock.is_primary:
-            log.info("lease_reads_not_leader", member=f"{member:x}", count=len(records))
-            return
-        replies: list[Record] = []
-        for key, method, body in records:
-            try:
-                replies.append((key, 0, self._clock_answer(method, body, now)))
-            except (DecodeError, ValueError) as e:
-                error = errors.EtcdError(errors.Code.INVALID_ARGUMENT, f"bad lease request: {e}")
-                replies.append((key, error.code, error.message.encode()))
-        self.raft.extend(Kind.LEASE_REPLY, replies, aux=member)
-
     def _relay_replies(self, records: list[Record]) -> None:
         """The leader's answers to what this member forwarded; late duplicates are dropped."""
         for key, status, body in records:
@@ -167,6 +194,10 @@ class LeaseActor(Actor):
         self.next_turn = now + TURN
         for key in self.forwarded.expired(now):
             self._fail(key, errors.TIMEOUT)
+        if self.unsettled and now >= self.settled_at:
+            held, self.unsettled = self.unsettled, []
+            for member, key, method, body in held:
+                self._answer(member, [(key, method, body)], now)
         if not self.clock.is_primary:
             return
         for lease_id in self.clock.expired(now, limit=int(REVOKE_RATE * TURN)):
