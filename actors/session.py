@@ -247,10 +247,12 @@ class SessionActor(Actor):
             if method == Method.LEASE_GRANT:
                 body = self._with_lease_id(body)
             self.raft.put(Kind.PROPOSE, (key, routed, body))
-        elif method == Method.LEASE_KEEPALIVE:
-            self.lease.put(Kind.READ, (key, routed, body))
-        elif (method == Method.RANGE and message.serializable) or method in MEMBER_LOCAL:
-            self.storage.put(Kind.READ, (key, routed, body))
+        elif (
+            method == Method.LEASE_KEEPALIVE
+            or (method == Method.RANGE and message.serializable)
+            or method in MEMBER_LOCAL
+        ):
+            self.storage.put(Kind.READ, (key, routed, body))  # a keep-alive: header, then lease actor
         else:
             self.raft.put(Kind.READ, (key, routed, body))
 

@@ -250,7 +250,10 @@ class StorageActor(Actor):
             elif method == Method.LEASE_LEASES:
                 response = self.store.lease_leases()
             elif method == Method.LEASE_KEEPALIVE:
-                response = rpc_pb2.LeaseKeepAliveResponse.FromString(body)  # from the lease actor
+                # the header before the renewal, as etcd: its revision is never one after the renewal
+                lease_id = rpc_pb2.LeaseKeepAliveRequest.FromString(body).ID
+                response = rpc_pb2.LeaseKeepAliveResponse(ID=lease_id)
+                answer = self.lease  # the leader's clock renews it
             elif method == Method.STATUS:
                 response = rpc_pb2.StatusResponse.FromString(body)
                 response.version = VERSION
