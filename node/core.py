@@ -72,7 +72,18 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
         ),
         tokens,
     )
-    lease = LeaseActor(ctx, LeaseSettings(prefix, election_ms=config.election_timeout))
+    limits = Limits(
+        config.max_request_bytes, config.max_txn_ops, quota_backend_bytes=config.quota_backend_bytes
+    )
+    lease = LeaseActor(
+        ctx,
+        LeaseSettings(
+            config.member_id,
+            prefix,
+            election_ms=config.election_timeout,
+            request_timeout=limits.request_timeout,
+        ),
+    )
     raft = RaftActor(
         ctx,
         RaftSettings(
@@ -87,7 +98,6 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             curve=curve_settings(config),
         ),
     )
-    limits = Limits(config.max_request_bytes, config.max_txn_ops)
     backends = BackendChain(auth_backends(config))
     gate = AuthGate(storage.auth, config.cluster_id, config.member_id, backends)
     session = SessionActor(ctx, config.core_url, config.member_id, limits, gate)
