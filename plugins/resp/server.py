@@ -1,0 +1,188 @@
+"""The RESP frontend: Redis clients on ``plugins: {resp: {listen: host:port}}`` (default 127.0.0.1:6380).
+
+Each connection parses every command that one read brought and answers them in order with one
+write, so a pipelining client costs one syscall per batch. A run of consecutive GETs (what a
+pipelined read load is) becomes ONE core request, a read-only Txn of ranges: a single
+linearizable read at one revision instead of one per key. Bad bytes get Redis's protocol error
+and the connection is closed (the stream cannot be re-synced); the node itself never notices.
+
+Settings: ``listen`` (``host:port`` or a list of them), ``enabled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from actors.errors import EtcdError
+from node.api import Client
+from node.config import ConfigError, NodeConfig
+from plugins.resp.codec import INLINE_MAX, Parser, ProtocolError, Push, ReplyError, bulk, encode
+from plugins.resp.commands import ClientState, Several, Shared, dispatch
+from plugins.resp.keyspace import Subscriptions
+from plugins.resp.store import Store, range_op
+
+log = structlog.get_logger()
+
+DEFAULT_LISTEN = "127.0.0.1:6380"
+PAUSE_AT = 4096  # parsed commands waiting on one connection before it stops reading
+TXN_RANGES = 128  # etcd's default max-txn-ops: the most GETs folded into one Txn
+WRITE_HIGH = 4 << 20  # bytes of replies buffered for a slow reader before processing pauses
+
+
+def parse_listen(listen: object) -> list[tuple[str, int]]:
+    items = [listen] if isinstance(listen, str) else list(listen)  # type: ignore[call-overload]
+    result = []
+    for item in items:
+        host, _, port = str(item).rpartition("://")[2].rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"plugins.resp.listen: {item!r} is not host:port")
+        result.append((host.strip("[]"), int(port)))
+    return result
+
+
+class RespConnection(asyncio.Protocol):
+    """One client connection: parse, run in order (GET runs folded), answer in one write per batch."""
+
+    def __init__(self, shared: Shared, max_bulk: int) -> None:
+        self.shared = shared
+        self.parser = Parser(max_bulk)
+        self.query_limit = 2 * max_bulk + INLINE_MAX
+        self.pending: list[list[bytes] | ProtocolError] = []
+        self.transport: asyncio.Transport | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.reading = True
+        shared.next_client_id += 1
+        self.state = ClientState(shared, shared.next_client_id, Subscriptions(shared.store, self._deliver))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.pending.extend(self.parser.feed(data))
+            if self.parser.pending_bytes > self.query_limit:
+                raise ProtocolError("Protocol error: query buffer limit exceeded")
+        except ProtocolError as e:
+            self.pending.append(e)
+            assert self.transport is not None
+            self.transport.pause_reading()  # nothing after a protocol error is read
+            self.reading = False
+        if self.reading and len(self.pending) > PAUSE_AT:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.reading = False
+        if self.worker is None and self.pending:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.subscriptions.close()
+        if self.worker is not None:
+            self.worker.cancel()
+
+    def _deliver(self, push: Push) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(push, self.state.resp3))
+
+    async def _work(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                out: list[bytes] = []
+                close = await self._run(batch, out)
+                transport.write(b"".join(out))
+                if close:
+                    transport.close()
+                    return
+                if not self.reading and len(self.pending) < PAUSE_AT // 2:
+                    self.reading = True
+                    transport.resume_reading()
+                await self.writable.wait()
+        finally:
+            self.worker = None
+
+    async def _run(self, batch: list[list[bytes] | ProtocolError], out: list[bytes]) -> bool:
+        """Answer a batch into ``out``; True when the connection must close after it."""
+        state = self.state
+        i, n = 0, len(batch)
+        while i < n:
+            args = batch[i]
+            if isinstance(args, ProtocolError):
+                log.info("resp_protocol_error", client=state.id, error=str(args))
+                out.append(encode(ReplyError("ERR " + str(args)), state.resp3))
+                return True
+            if _is_get(args) and state.multi is None:
+                j = i + 1
+                while j < n and j - i < TXN_RANGES and _is_get(batch[j]):  # type: ignore[arg-type]
+                    j += 1
+                if j - i > 1:
+                    await self._get_run([a[1] for a in batch[i:j]], out)  # type: ignore[index]
+                    i = j
+                    continue
+            reply = await dispatch(state, args)
+            if type(reply) is Several:
+                out.extend(encode(r, state.resp3) for r in reply)
+            else:
+                out.append(encode(reply, state.resp3))
+            if state.closing:
+                return True
+            i += 1
+        return False
+
+    async def _get_run(self, keys: list[bytes], out: list[bytes]) -> None:
+        """Consecutive GETs as one read-only Txn: one read of the store, at one revision."""
+        store = self.shared.store
+        try:
+            response = await store.txn(success=[range_op(k) for k in keys])
+        except EtcdError as e:
+            error = encode(ReplyError("ERR " + e.message), self.state.resp3)
+            out.extend(error for _ in keys)
+            return
+        null = b"_\r\n" if self.state.resp3 else b"$-1\r\n"
+        for r in response.responses:
+            kvs = r.response_range.kvs
+            out.append(bulk(kvs[0].value) if kvs else null)
+
+
+def _is_get(args: list[bytes]) -> bool:
+    return len(args) == 2 and args[0] in (b"GET", b"get", b"Get")
+
+
+class RespFrontend:
+    name = "resp"
+
+    def __init__(self, config: NodeConfig, settings: dict) -> None:
+        self.addresses = parse_listen(settings.get("listen") or DEFAULT_LISTEN)
+        self.max_bulk = 2 * config.max_request_bytes  # larger values get etcd's "request is too large"
+        self.servers: list[asyncio.Server] = []
+
+    async def start(self, client: Client) -> None:
+        shared = Shared(Store(client), f"{self.addresses[0][0]}:{self.addresses[0][1]}")
+        loop = asyncio.get_running_loop()
+
+        def connection() -> RespConnection:
+            return RespConnection(shared, self.max_bulk)
+
+        for host, port in self.addresses:
+            self.servers.append(await loop.create_server(connection, host, port, reuse_address=True))
+        log.info("resp_serving", addresses=[f"{h}:{p}" for h, p in self.addresses])
+
+    async def stop(self, grace: float) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), grace)
