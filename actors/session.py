@@ -21,6 +21,7 @@ from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
 from actors.protocol import STREAM_METHODS, WRITES, Kind, MalformedFrame, Method, Record, pack, unpack
+from actors.storage.mvcc import is_txn_readonly
 from actors.storage.validate import validate
 
 log = structlog.get_logger()
@@ -164,7 +165,9 @@ class SessionActor(Actor):
             self._fail(identity, rid, e)
             return
         self.waiting[key] = (identity, rid, deadline)
-        if method in WRITES:
+        if method == Method.TXN and is_txn_readonly(message):
+            self.raft.put(Kind.READ, (key, method, body))  # etcd serves read-only txns as reads
+        elif method in WRITES:
             if method == Method.LEASE_GRANT:
                 body = self._with_lease_id(body)
             self.raft.put(Kind.PROPOSE, (key, method, body))

@@ -19,7 +19,12 @@ MULTIBULK_MAX = 1024 * 1024  # Redis refuses more arguments than this in one com
 
 
 class ProtocolError(Exception):
-    """Bytes that are not a RESP request; the text is what Redis answers (after ``-ERR ``)."""
+    """Bytes that are not a RESP request; the text is what Redis answers (after ``-ERR ``).
+
+    ``commands`` holds the complete commands that came before the bad bytes: they are answered.
+    """
+
+    commands: list[list[bytes]] = []
 
 
 class ReplyError(Exception):
@@ -65,8 +70,15 @@ class Parser:
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         """Every complete command in the bytes received so far; raise :class:`ProtocolError`."""
-        buf = self.buffer + data if self.buffer else data
         commands: list[list[bytes]] = []
+        try:
+            return self._parse(data, commands)
+        except ProtocolError as e:
+            e.commands = commands
+            raise
+
+    def _parse(self, data: bytes, commands: list[list[bytes]]) -> list[list[bytes]]:
+        buf = self.buffer + data if self.buffer else data
         pos, end = 0, len(buf)
         args, due, held = self.args, self.due, self.held
         max_bulk = self.max_bulk

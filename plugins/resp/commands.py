@@ -179,10 +179,6 @@ async def cmd_scan(state: ClientState, args: list[bytes]) -> object:
     return [b"%d" % following, keys]
 
 
-async def cmd_type(state: ClientState, args: list[bytes]) -> object:
-    return Status("none" if await state.store.get(args[1]) is None else "string")
-
-
 async def cmd_dbsize(state: ClientState, args: list[bytes]) -> object:
     return await state.store.count()
 
@@ -265,10 +261,6 @@ async def cmd_ping(state: ClientState, args: list[bytes]) -> object:
     if not state.resp3 and state.subscriptions.count:
         return [b"pong", args[1] if len(args) > 1 else b""]
     return args[1] if len(args) > 1 else Status("PONG")
-
-
-async def cmd_echo(state: ClientState, args: list[bytes]) -> object:
-    return args[1]
 
 
 async def cmd_select(state: ClientState, args: list[bytes]) -> object:
@@ -418,11 +410,7 @@ def _command_info(name: bytes) -> list:
     return [name.lower(), COMMANDS[name][1], flags, first, last, step]
 
 
-KEY_SPECS = {
-    **{name: spec[2:] for name, spec in STRING_COMMANDS.items()},
-    b"WATCH": (1, -1, 1),
-    b"TYPE": (1, 1, 1),
-}
+KEY_SPECS = {**{name: spec[2:] for name, spec in STRING_COMMANDS.items()}, b"WATCH": (1, -1, 1)}
 READONLY = {b"GET", b"EXISTS", b"MGET", b"STRLEN", b"TTL", b"PTTL", b"TYPE"}
 
 COMMANDS: dict[bytes, tuple[Handler, int]] = {
@@ -430,7 +418,6 @@ COMMANDS: dict[bytes, tuple[Handler, int]] = {
     b"GET": (cmd_get, 2),
     b"KEYS": (cmd_keys, 2),
     b"SCAN": (cmd_scan, -2),
-    b"TYPE": (cmd_type, 2),
     b"DBSIZE": (cmd_dbsize, 1),
     b"MULTI": (cmd_multi, 1),
     b"EXEC": (cmd_exec, 1),
@@ -442,7 +429,6 @@ COMMANDS: dict[bytes, tuple[Handler, int]] = {
     b"UNSUBSCRIBE": (cmd_unsubscribe, -1),
     b"PUNSUBSCRIBE": (cmd_unsubscribe, -1),
     b"PING": (cmd_ping, -1),
-    b"ECHO": (cmd_echo, 2),
     b"SELECT": (cmd_select, 2),
     b"QUIT": (cmd_quit, -1),
     b"RESET": (cmd_reset, 1),

@@ -69,6 +69,7 @@ class RespConnection(asyncio.Protocol):
             if self.parser.pending_bytes > self.query_limit:
                 raise ProtocolError("Protocol error: query buffer limit exceeded")
         except ProtocolError as e:
+            self.pending.extend(e.commands)
             self.pending.append(e)
             assert self.transport is not None
             self.transport.pause_reading()  # nothing after a protocol error is read

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from plugins.resp.codec import OK, ReplyError
+from plugins.resp.codec import OK, ReplyError, Status
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,18}\Z")
@@ -258,6 +258,19 @@ async def cmd_persist(view: View, args: list[bytes]) -> object:
     return 1
 
 
+async def cmd_type(view: View, args: list[bytes]) -> object:
+    return Status("none" if view.get(args[1]) is None else "string")
+
+
+async def cmd_echo(view: View, args: list[bytes]) -> object:
+    """ECHO and PING touch no key; they are here so that MULTI can queue them."""
+    if args[0].upper() == b"ECHO":
+        return args[1]
+    if len(args) > 2:
+        raise ReplyError("ERR wrong number of arguments for 'ping' command")
+    return args[1] if len(args) > 1 else Status("PONG")
+
+
 StringCommand = Callable[[View, list[bytes]], Awaitable[object]]
 
 # name -> (implementation, Redis arity, first key, last key, key step), as Redis's command table
@@ -288,11 +301,16 @@ STRING_COMMANDS: dict[bytes, tuple[StringCommand, int, int, int, int]] = {
     b"EXPIREAT": (cmd_expire, -3, 1, 1, 1),
     b"PEXPIREAT": (cmd_expire, -3, 1, 1, 1),
     b"PERSIST": (cmd_persist, 2, 1, 1, 1),
+    b"TYPE": (cmd_type, 2, 1, 1, 1),
+    b"ECHO": (cmd_echo, 2, 0, 0, 0),
+    b"PING": (cmd_echo, -1, 0, 0, 0),
 }
 
 
 def command_keys(args: list[bytes]) -> list[bytes]:
     """The keys a string command touches, from its table entry."""
     _, _, first, last, step = STRING_COMMANDS[args[0].upper()]
+    if not first:
+        return []
     end = len(args) if last < 0 else last + 1
     return args[first:end:step]
