@@ -325,3 +325,30 @@ def test_bad_input_closes_the_connection_and_changes_nothing(
     assert r.get("guard") == b"intact"
     assert r.info("replication")["cairn_revision"] == before
     assert node[0].etcdctl("get", "guard", "--print-value-only").stdout == "intact\n"
+
+
+def test_pipelined_gets_from_many_connections_get_their_own_values(node: tuple[Server, int]) -> None:
+    """GETs of concurrent connections are read together; each must still get its own answers."""
+    seed_client = redis.Redis(port=node[1], socket_timeout=20)
+    seed_client.mset({f"many/{i}": f"value-{i}" for i in range(200)})
+    failures: list[str] = []
+
+    def work(worker: int) -> None:
+        client = redis.Redis(port=node[1], socket_timeout=30)
+        for round_ in range(5):
+            keys = [f"many/{(worker * 37 + round_ * 11 + j) % 260}" for j in range(40)]
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+            expected = [f"value-{k[5:]}".encode() if int(k[5:]) < 200 else None for k in keys]
+            if pipe.execute() != expected:
+                failures.append(f"worker {worker} round {round_}")
+        client.close()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    seed_client.close()

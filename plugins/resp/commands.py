@@ -1,8 +1,8 @@
 """The Redis command table: arity checks, MULTI queueing, and the commands that are not string ops.
 
 String commands (``plugins.resp.strings``) run through :func:`plugins.resp.transaction.execute`;
-GET and a plain ``SET key value`` take one etcd request each (a Range, a Put). Error replies use
-Redis's exact forms, because clients and scripts match on them.
+a plain ``SET key value`` is one Put, and the server batches GETs (``plugins.resp.reads``).
+Error replies use Redis's exact forms, because clients and scripts match on them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from actors.errors import EtcdError
 from plugins.resp.codec import OK, Push, ReplyError, Status
 from plugins.resp.glob import key_range, matches
 from plugins.resp.keyspace import Subscriptions
+from plugins.resp.reads import ReadBatcher
 from plugins.resp.store import ALL_KEYS, Store
 from plugins.resp.strings import STRING_COMMANDS, parse_int
 from plugins.resp.transaction import execute, read
@@ -38,6 +39,7 @@ class Shared:
     """What every connection of the frontend shares."""
 
     store: Store
+    reads: ReadBatcher
     listen: str
     cursors: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     next_client_id: int = 1
@@ -125,11 +127,6 @@ async def string_command(state: ClientState, args: list[bytes]) -> object:
             state.store.release(response.prev_kv.lease)
         return OK
     return (await execute(state.store, [args]))[0]  # type: ignore[index]
-
-
-async def cmd_get(state: ClientState, args: list[bytes]) -> object:
-    kv = await state.store.get(args[1])
-    return None if kv is None else kv.value
 
 
 async def cmd_keys(state: ClientState, args: list[bytes]) -> object:
@@ -415,7 +412,6 @@ READONLY = {b"GET", b"EXISTS", b"MGET", b"STRLEN", b"TTL", b"PTTL", b"TYPE"}
 
 COMMANDS: dict[bytes, tuple[Handler, int]] = {
     **{name: (string_command, spec[1]) for name, spec in STRING_COMMANDS.items()},
-    b"GET": (cmd_get, 2),
     b"KEYS": (cmd_keys, 2),
     b"SCAN": (cmd_scan, -2),
     b"DBSIZE": (cmd_dbsize, 1),

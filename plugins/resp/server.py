@@ -1,10 +1,11 @@
 """The RESP frontend: Redis clients on ``plugins: {resp: {listen: host:port}}`` (default 127.0.0.1:6380).
 
 Each connection parses every command that one read brought and answers them in order with one
-write, so a pipelining client costs one syscall per batch. A run of consecutive GETs (what a
-pipelined read load is) becomes ONE core request, a read-only Txn of ranges: a single
-linearizable read at one revision instead of one per key. Bad bytes get Redis's protocol error
-and the connection is closed (the stream cannot be re-synced); the node itself never notices.
+write, so a pipelining client costs one syscall per batch. GETs (what a read load is) are read
+together with the other connections' GETs of the same event-loop turn: ONE core request, a
+read-only Txn of ranges, a single linearizable read at one revision instead of one per key
+(``reads``). Bad bytes get Redis's protocol error and the connection is closed (the stream
+cannot be re-synced); the node itself never notices.
 
 Settings: ``listen`` (``host:port`` or a list of them), ``enabled``.
 """
@@ -22,13 +23,13 @@ from node.config import ConfigError, NodeConfig
 from plugins.resp.codec import INLINE_MAX, Parser, ProtocolError, Push, ReplyError, bulk, encode
 from plugins.resp.commands import ClientState, Several, Shared, dispatch
 from plugins.resp.keyspace import Subscriptions
-from plugins.resp.store import Store, range_op
+from plugins.resp.reads import TXN_RANGES, ReadBatcher
+from plugins.resp.store import Store
 
 log = structlog.get_logger()
 
 DEFAULT_LISTEN = "127.0.0.1:6380"
 PAUSE_AT = 4096  # parsed commands waiting on one connection before it stops reading
-TXN_RANGES = 128  # etcd's default max-txn-ops: the most GETs folded into one Txn
 WRITE_HIGH = 4 << 20  # bytes of replies buffered for a slow reader before processing pauses
 
 
@@ -125,14 +126,13 @@ class RespConnection(asyncio.Protocol):
                 log.info("resp_protocol_error", client=state.id, error=str(args))
                 out.append(encode(ReplyError("ERR " + str(args)), state.resp3))
                 return True
-            if _is_get(args) and state.multi is None:
+            if _is_get(args) and state.multi is None and (state.resp3 or not state.subscriptions.count):
                 j = i + 1
                 while j < n and j - i < TXN_RANGES and _is_get(batch[j]):  # type: ignore[arg-type]
                     j += 1
-                if j - i > 1:
-                    await self._get_run([a[1] for a in batch[i:j]], out)  # type: ignore[index]
-                    i = j
-                    continue
+                await self._get_run([a[1] for a in batch[i:j]], out)  # type: ignore[index]
+                i = j
+                continue
             reply = await dispatch(state, args)
             if type(reply) is Several:
                 out.extend(encode(r, state.resp3) for r in reply)
@@ -144,18 +144,15 @@ class RespConnection(asyncio.Protocol):
         return False
 
     async def _get_run(self, keys: list[bytes], out: list[bytes]) -> None:
-        """Consecutive GETs as one read-only Txn: one read of the store, at one revision."""
-        store = self.shared.store
+        """Consecutive GETs: read with every other connection's GETs of this turn (``reads``)."""
         try:
-            response = await store.txn(success=[range_op(k) for k in keys])
+            values = await self.shared.reads.get(keys)
         except EtcdError as e:
             error = encode(ReplyError("ERR " + e.message), self.state.resp3)
             out.extend(error for _ in keys)
             return
         null = b"_\r\n" if self.state.resp3 else b"$-1\r\n"
-        for r in response.responses:
-            kvs = r.response_range.kvs
-            out.append(bulk(kvs[0].value) if kvs else null)
+        out.extend(null if value is None else bulk(value) for value in values)
 
 
 def _is_get(args: list[bytes]) -> bool:
@@ -171,7 +168,8 @@ class RespFrontend:
         self.servers: list[asyncio.Server] = []
 
     async def start(self, client: Client) -> None:
-        shared = Shared(Store(client), f"{self.addresses[0][0]}:{self.addresses[0][1]}")
+        listen = f"{self.addresses[0][0]}:{self.addresses[0][1]}"
+        shared = Shared(Store(client), ReadBatcher(client), listen)
         loop = asyncio.get_running_loop()
 
         def connection() -> RespConnection:

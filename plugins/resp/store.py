@@ -64,13 +64,6 @@ class Store:
         kvs = (await self.range(key)).kvs
         return kvs[0] if kvs else None
 
-    async def get_many(self, keys: list[bytes]) -> list[kv_pb2.KeyValue | None]:
-        """Several keys at one revision: one read-only Txn of ranges."""
-        if len(keys) == 1:
-            return [await self.get(keys[0])]
-        response = await self.txn(success=[range_op(k) for k in keys])
-        return [r.response_range.kvs[0] if r.response_range.kvs else None for r in response.responses]
-
     async def put(self, key: bytes, value: bytes, lease: int = 0, **flags: bool) -> rpc_pb2.PutResponse:
         request = rpc_pb2.PutRequest(key=key, value=value, lease=lease, **flags)
         return rpc_pb2.PutResponse.FromString(await self.client.call(Method.PUT, request.SerializeToString()))
