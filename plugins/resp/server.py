@@ -133,6 +133,15 @@ class RespConnection(asyncio.Protocol):
                 await self._get_run([a[1] for a in batch[i:j]], out)  # type: ignore[index]
                 i = j
                 continue
+            if _is_plain_set(args) and state.multi is None:
+                j = i + 1
+                while j < n and _is_plain_set(batch[j]):  # type: ignore[arg-type]
+                    j += 1
+                if j - i > 1:  # independent writes: all sent at once, raft keeps their order
+                    replies = await asyncio.gather(*(dispatch(state, a) for a in batch[i:j]))  # type: ignore[arg-type]
+                    out.extend(encode(r, state.resp3) for r in replies)
+                    i = j
+                    continue
             reply = await dispatch(state, args)
             if type(reply) is Several:
                 out.extend(encode(r, state.resp3) for r in reply)
@@ -157,6 +166,10 @@ class RespConnection(asyncio.Protocol):
 
 def _is_get(args: list[bytes]) -> bool:
     return len(args) == 2 and args[0] in (b"GET", b"get", b"Get")
+
+
+def _is_plain_set(args: list[bytes]) -> bool:
+    return len(args) == 3 and args[0] in (b"SET", b"set", b"Set")
 
 
 class RespFrontend:
