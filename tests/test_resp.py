@@ -353,3 +353,34 @@ def test_pipelined_gets_from_many_connections_get_their_own_values(node: tuple[S
         t.join()
     assert failures == []
     seed_client.close()
+
+
+def test_ttl_options(node: tuple[Server, int], r: redis.Redis) -> None:
+    server = node[0]
+
+    def lease_of(key: str) -> int:
+        return int(json.loads(server.etcdctl("get", key, "-w", "json").stdout)["kvs"][0].get("lease", 0))
+
+    r.set("t/a", "1", ex=100)
+    first = lease_of("t/a")
+    assert first and 90 < r.ttl("t/a") <= 100 and r.pttl("t/a") % 1000 == 0
+    r.set("t/a", "2", keepttl=True)
+    assert lease_of("t/a") == first and r.get("t/a") == b"2"
+    assert r.expire("t/a", 50, nx=True) is False  # has a TTL already
+    assert r.expire("t/a", 500, gt=True) is True and r.ttl("t/a") > 400
+    assert r.expire("t/a", 1000, lt=True) is False
+    assert r.expire("t/b", 10, xx=True) is False  # no such key
+    r.set("t/b", "x")
+    assert r.expire("t/b", 10, xx=True) is False  # no TTL
+    assert r.expire("t/b", 10) is True and r.ttl("t/b") <= 10
+    r.set("t/a", "3")  # a plain SET drops the TTL; the old lease is revoked once it holds no key
+    assert r.ttl("t/a") == -1
+    deadline = time.monotonic() + 20
+    while format(first, "x") in server.etcdctl("lease", "list").stdout.split():
+        assert time.monotonic() < deadline, "the dropped lease was not revoked"
+        time.sleep(0.2)
+    past = int(time.time() * 1000) - 1000
+    assert r.set("t/b", "gone", pxat=past) is True  # a time already past: set and expired at once
+    assert r.exists("t/b") == 0
+    with pytest.raises(redis.ResponseError, match=r"^GT and LT options at the same time are not compatible$"):
+        r.expire("t/a", 10, gt=True, lt=True)
