@@ -96,10 +96,8 @@ class Parser:
                     if words:
                         commands.append(words)
                     continue
-                nl = buf.find(b"\r\n", pos)
+                nl = _line_end(buf, pos, end, "mbulk count string")
                 if nl < 0:
-                    if end - pos > INLINE_MAX:
-                        raise ProtocolError("Protocol error: too big mbulk count string")
                     break
                 count = _number(buf, pos + 1, nl)
                 if count is None or count > MULTIBULK_MAX:
@@ -114,10 +112,8 @@ class Parser:
                 break
             if buf[pos] != 36:  # '$'
                 raise ProtocolError(f"Protocol error: expected '$', got '{chr(buf[pos])}'")
-            nl = buf.find(b"\r\n", pos)
+            nl = _line_end(buf, pos, end, "bulk count string")
             if nl < 0:
-                if end - pos > INLINE_MAX:
-                    raise ProtocolError("Protocol error: too big bulk count string")
                 break
             length = _number(buf, pos + 1, nl)
             if length is None or length < 0 or length > max_bulk:
@@ -142,6 +138,14 @@ class Parser:
     def pending_bytes(self) -> int:
         """Bytes held for a command not yet complete (the server bounds this)."""
         return len(self.buffer) + self.held
+
+
+def _line_end(buf: bytes, pos: int, end: int, what: str) -> int:
+    """Where the CRLF ending the length line at ``pos`` is; -1 while it has not arrived."""
+    nl = buf.find(b"\r\n", pos)
+    if nl < 0 and end - pos > INLINE_MAX:
+        raise ProtocolError(f"Protocol error: too big {what}")
+    return nl
 
 
 def _number(buf: bytes, start: int, end: int) -> int | None:
@@ -171,33 +175,24 @@ def split_inline(line: bytes) -> list[bytes]:
                     raise ProtocolError("Protocol error: unbalanced quotes in request")
                 break
             c = line[i]
-            if quote == 34:  # inside "..."
+            if quote and c == quote:  # a closing quote must end the word
+                if i + 1 < n and not line[i + 1 : i + 2].isspace():
+                    raise ProtocolError("Protocol error: unbalanced quotes in request")
+                i += 1
+                break
+            if quote == 34:  # inside "...": C escapes
                 if c == 92 and i + 3 < n and line[i + 1] == 120 and _is_hex(line[i + 2 : i + 4]):
                     word.append(int(line[i + 2 : i + 4], 16))
                     i += 3
                 elif c == 92 and i + 1 < n:
                     i += 1
                     word.append(_ESCAPES.get(line[i], line[i]))
-                elif c == 34:
-                    if i + 1 < n and not line[i + 1 : i + 2].isspace():
-                        raise ProtocolError("Protocol error: unbalanced quotes in request")
-                    quote = 0
-                    i += 1
-                    break
                 else:
                     word.append(c)
-            elif quote == 39:  # inside '...'
+            elif quote == 39:  # inside '...': only \' is an escape
                 if c == 92 and i + 1 < n and line[i + 1] == 39:
                     i += 1
-                    word.append(39)
-                elif c == 39:
-                    if i + 1 < n and not line[i + 1 : i + 2].isspace():
-                        raise ProtocolError("Protocol error: unbalanced quotes in request")
-                    quote = 0
-                    i += 1
-                    break
-                else:
-                    word.append(c)
+                word.append(line[i])
             elif line[i : i + 1].isspace():
                 break
             elif c in (34, 39):

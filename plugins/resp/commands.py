@@ -42,6 +42,7 @@ class Shared:
     reads: ReadBatcher
     listen: str
     cursors: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    connections: set = field(default_factory=set)  # the server's open RespConnections
     next_client_id: int = 1
 
 

@@ -13,7 +13,6 @@ Settings: ``listen`` (``host:port`` or a list of them), ``enabled``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
@@ -63,6 +62,7 @@ class RespConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
+        self.shared.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -89,6 +89,7 @@ class RespConnection(asyncio.Protocol):
         self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.shared.connections.discard(self)
         self.state.subscriptions.close()
         if self.worker is not None:
             self.worker.cancel()
@@ -179,10 +180,11 @@ class RespFrontend:
         self.addresses = parse_listen(settings.get("listen") or DEFAULT_LISTEN)
         self.max_bulk = 2 * config.max_request_bytes  # larger values get etcd's "request is too large"
         self.servers: list[asyncio.Server] = []
+        self.shared: Shared | None = None
 
     async def start(self, client: Client) -> None:
         listen = f"{self.addresses[0][0]}:{self.addresses[0][1]}"
-        shared = Shared(Store(client), ReadBatcher(client), listen)
+        shared = self.shared = Shared(Store(client), ReadBatcher(client), listen)
         loop = asyncio.get_running_loop()
 
         def connection() -> RespConnection:
@@ -193,8 +195,15 @@ class RespFrontend:
         log.info("resp_serving", addresses=[f"{h}:{p}" for h, p in self.addresses])
 
     async def stop(self, grace: float) -> None:
+        """Stop listening, let commands being run finish for up to ``grace`` s, close every connection."""
         for server in self.servers:
             server.close()
-        for server in self.servers:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), grace)
+        if self.shared is None:
+            return
+        running = [c.worker for c in self.shared.connections if c.worker is not None]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        for connection in list(self.shared.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        log.info("resp_stopped")

@@ -48,6 +48,8 @@ class Leases:
 
 async def read(store: Store, keys: list[bytes]) -> dict[bytes, kv_pb2.KeyValue | None]:
     """Every key at one revision (a single Range, or one read-only Txn of ranges)."""
+    if not keys:
+        return {}  # ECHO, PING: nothing to read
     if len(keys) == 1:
         return {keys[0]: await store.get(keys[0])}
     response = await store.txn(success=[range_op(k) for k in keys])
