@@ -384,3 +384,22 @@ def test_ttl_options(node: tuple[Server, int], r: redis.Redis) -> None:
     assert r.exists("t/b") == 0
     with pytest.raises(redis.ResponseError, match=r"^GT and LT options at the same time are not compatible$"):
         r.expire("t/a", 10, gt=True, lt=True)
+
+
+def test_subscribed_connection_in_resp2_and_resp3(node: tuple[Server, int], r: redis.Redis) -> None:
+    with socket.create_connection(("127.0.0.1", node[1]), timeout=20) as s:
+        s.sendall(b"SUBSCRIBE __keyspace@0__:sub/k\r\nGET sub/k\r\nPING\r\n")
+        data = _read_until(s, b"$0\r\n\r\n")
+        assert data == (
+            b"*3\r\n$9\r\nsubscribe\r\n$20\r\n__keyspace@0__:sub/k\r\n:1\r\n"
+            b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET "
+            b"are allowed in this context\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+        )
+    with socket.create_connection(("127.0.0.1", node[1]), timeout=20) as s:
+        s.sendall(b"HELLO 3\r\nSUBSCRIBE __keyspace@0__:sub/k\r\n")
+        _read_until(s, b":1\r\n")
+        r.set("sub/k", "v")
+        push = b">3\r\n$7\r\nmessage\r\n$20\r\n__keyspace@0__:sub/k\r\n$3\r\nset\r\n"
+        assert _read_until(s, b"$3\r\nset\r\n") == push
+        s.sendall(b"GET sub/k\r\n")  # RESP3 allows any command while subscribed
+        assert _read_until(s, b"v\r\n") == b"$1\r\nv\r\n"

@@ -56,8 +56,8 @@ class RespConnection(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.reading = True
-        shared.next_client_id += 1
         self.state = ClientState(shared, shared.next_client_id, Subscriptions(shared.store, self._deliver))
+        shared.next_client_id += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
