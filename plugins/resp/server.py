@@ -204,6 +204,8 @@ class RespFrontend:
         if running:
             await asyncio.wait(running, timeout=grace)
         for connection in list(self.shared.connections):
+            connection.state.subscriptions.close()
             if connection.transport is not None:
                 connection.transport.close()
+        await asyncio.sleep(0)  # the watch streams' close records leave before the core client closes
         log.info("resp_stopped")
