@@ -403,3 +403,38 @@ def test_subscribed_connection_in_resp2_and_resp3(node: tuple[Server, int], r: r
         assert _read_until(s, b"$3\r\nset\r\n") == push
         s.sendall(b"GET sub/k\r\n")  # RESP3 allows any command while subscribed
         assert _read_until(s, b"v\r\n") == b"$1\r\nv\r\n"
+
+
+def test_auth_with_etcd_users_and_permissions(tmp_path: Path) -> None:
+    server, port = start_node(tmp_path / "auth")
+    try:
+        for args in (
+            ("user", "add", "root:rootpw"),
+            ("user", "grant-role", "root", "root"),
+            ("user", "add", "u:upw"),
+            ("role", "add", "r"),
+            ("role", "grant-permission", "r", "readwrite", "u/", "--prefix"),
+            ("user", "grant-role", "u", "r"),
+            ("auth", "enable"),
+        ):
+            server.etcdctl(*args)
+        anonymous = redis.Redis(port=port, socket_timeout=20)
+        with pytest.raises(redis.AuthenticationError, match="Authentication required"):
+            anonymous.get("u/a")
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
+            anonymous.execute_command("AUTH", "u", "wrong")
+        user = redis.Redis(port=port, username="u", password="upw", socket_timeout=20)
+        assert user.set("u/a", "1") is True and user.incr("u/a") == 2
+        pipe = user.pipeline(transaction=False)
+        pipe.get("u/a").get("u/b").get("u/a")
+        assert pipe.execute() == [b"2", None, b"2"]
+        with pytest.raises(redis.ResponseError, match="no permissions"):
+            user.set("other", "1")
+        with pytest.raises(redis.ResponseError, match="no permissions"):
+            user.get("other")
+        resp3 = redis.Redis(port=port, protocol=3, username="u", password="upw", socket_timeout=20)
+        assert resp3.get("u/a") == b"2"
+        for client in (anonymous, user, resp3):
+            client.close()
+    finally:
+        server.stop()

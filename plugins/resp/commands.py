@@ -13,12 +13,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from actors import errors
 from actors.errors import EtcdError
+from node.api import Client
 from plugins.resp.codec import OK, Push, ReplyError, Status
 from plugins.resp.glob import key_range, matches
 from plugins.resp.keyspace import Subscriptions
 from plugins.resp.reads import ReadBatcher
-from plugins.resp.store import ALL_KEYS, Store
+from plugins.resp.store import ALL_KEYS, Store, reply_error
 from plugins.resp.strings import STRING_COMMANDS, parse_int
 from plugins.resp.transaction import execute, read
 
@@ -38,7 +40,7 @@ class Several(list):
 class Shared:
     """What every connection of the frontend shares."""
 
-    store: Store
+    client: Client
     reads: ReadBatcher
     listen: str
     cursors: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
@@ -52,6 +54,7 @@ class ClientState:
 
     shared: Shared
     id: int
+    store: Store
     subscriptions: Subscriptions
     resp3: bool = False
     name: bytes = b""
@@ -59,10 +62,6 @@ class ClientState:
     multi_failed: bool = False
     watched: dict[bytes, int] = field(default_factory=dict)
     closing: bool = False
-
-    @property
-    def store(self) -> Store:
-        return self.shared.store
 
 
 Handler = Callable[[ClientState, list[bytes]], Awaitable[object]]
@@ -109,7 +108,7 @@ async def dispatch(state: ClientState, args: list[bytes]) -> object:
     except ReplyError as e:
         return e
     except EtcdError as e:
-        return ReplyError("ERR " + e.message)
+        return reply_error(e)
 
 
 def _refuse_in_multi(state: ClientState, error: ReplyError) -> ReplyError:
@@ -281,21 +280,33 @@ async def cmd_reset(state: ClientState, args: list[bytes]) -> object:
     return Status("RESET")
 
 
-def _check_auth(args: list[bytes]) -> None:
-    """No auth backend yet: the default user takes any password (Redis's ``nopass``), as Redis does."""
-    if len(args) == 1:
-        raise ReplyError(
-            "ERR AUTH <password> called without any password configured for the default user. "
-            "Are you sure your configuration is correct?"
-        )
-    if args[0] != b"default":
-        raise ReplyError("WRONGPASS invalid username-password pair or user is disabled.")
+async def _authenticate(state: ClientState, args: list[bytes]) -> None:
+    """AUTH [user] password: the etcd user (``AUTH password`` is user ``default``, as in Redis).
+
+    While the node's auth is disabled, the default user takes any password (Redis's ``nopass``)
+    and a bare password gets Redis's "no password configured" error, as a Redis without one.
+    """
+    name, password = (b"default", args[0]) if len(args) == 1 else (args[0], args[1])
+    try:
+        await state.store.authenticate(name.decode(errors="replace"), password.decode(errors="replace"))
+    except EtcdError as e:
+        if e == errors.AUTH_FAILED:
+            raise ReplyError("WRONGPASS invalid username-password pair or user is disabled.") from None
+        if e != errors.AUTH_NOT_ENABLED:
+            raise
+        if len(args) == 1:
+            raise ReplyError(
+                "ERR AUTH <password> called without any password configured for the default user. "
+                "Are you sure your configuration is correct?"
+            ) from None
+        if name != b"default":
+            raise ReplyError("WRONGPASS invalid username-password pair or user is disabled.") from None
 
 
 async def cmd_auth(state: ClientState, args: list[bytes]) -> object:
     if len(args) > 3:
         raise ReplyError("ERR syntax error")
-    _check_auth(args[1:])
+    await _authenticate(state, args[1:])
     return OK
 
 
@@ -316,7 +327,7 @@ async def cmd_hello(state: ClientState, args: list[bytes]) -> object:
         while i < len(args):
             option = args[i].upper()
             if option == b"AUTH" and i + 2 < len(args):
-                _check_auth(args[i + 1 : i + 3])
+                await _authenticate(state, args[i + 1 : i + 3])
                 i += 3
             elif option == b"SETNAME" and i + 1 < len(args):
                 _set_name(state, args[i + 1])

@@ -63,7 +63,7 @@ class Subscriptions:
         if span is None:
             return
         if self.stream is None:
-            self.stream = self.store.client.open_stream()
+            self.stream = self.store.client.open_stream(self.store.token)
             self.reader = asyncio.get_running_loop().create_task(self._read(self.stream))
         create = rpc_pb2.WatchCreateRequest(key=span[0], range_end=span[1], prev_kv=True)
         self.creating.append((pattern, channel))

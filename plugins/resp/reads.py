@@ -14,7 +14,7 @@ import asyncio
 from actors.errors import EtcdError
 from actors.proto import rpc_pb2
 from actors.protocol import Method
-from node.api import Client
+from plugins.resp.store import Store
 
 TXN_RANGES = 128  # etcd's default max-txn-ops: the most ranges in one Txn
 
@@ -43,46 +43,53 @@ def ranges_txn(keys: list[bytes]) -> bytes:
 
 
 class ReadBatcher:
-    """Collects GET runs; answers each with its values (None for a missing key)."""
+    """Collects GET runs; answers each with its values (None for a missing key).
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.keys: list[bytes] = []
-        self.waiters: list[tuple[asyncio.Future[list[bytes | None]], int]] = []  # (future, key count)
+    GETs are merged only with GETs made as the same etcd user (same :class:`Store`), so each
+    read is checked against its own user's permissions.
+    """
+
+    def __init__(self) -> None:
+        # per store: the keys asked this turn, and (future, key count) for each run of them
+        self.turn: dict[Store, tuple[list[bytes], list[tuple[asyncio.Future[list[bytes | None]], int]]]] = {}
         self._reads: set[asyncio.Task[None]] = set()
 
-    def get(self, keys: list[bytes]) -> asyncio.Future[list[bytes | None]]:
+    def get(self, store: Store, keys: list[bytes]) -> asyncio.Future[list[bytes | None]]:
         """The values of ``keys`` (at most TXN_RANGES), read together with the turn's other GETs."""
         loop = asyncio.get_running_loop()
-        if not self.waiters:
+        if not self.turn:
             loop.call_soon(self._flush)
         future: asyncio.Future[list[bytes | None]] = loop.create_future()
-        self.waiters.append((future, len(keys)))
-        self.keys.extend(keys)
+        pending, waiters = self.turn.setdefault(store, ([], []))
+        waiters.append((future, len(keys)))
+        pending.extend(keys)
         return future
 
     def _flush(self) -> None:
-        keys, waiters = self.keys, self.waiters
-        self.keys, self.waiters = [], []
+        turn, self.turn = self.turn, {}
+        for store, (keys, waiters) in turn.items():
+            self._flush_store(store, keys, waiters)
+
+    def _flush_store(self, store: Store, keys: list[bytes], waiters: list) -> None:
         start = 0
         group: list[tuple[asyncio.Future[list[bytes | None]], int]] = []
         size = 0
         for waiter in waiters:
             if size + waiter[1] > TXN_RANGES:
-                self._read(keys[start : start + size], group)
+                self._read(store, keys[start : start + size], group)
                 start, size, group = start + size, 0, []
             group.append(waiter)
             size += waiter[1]
-        self._read(keys[start : start + size], group)
+        self._read(store, keys[start : start + size], group)
 
-    def _read(self, keys: list[bytes], waiters: list) -> None:
-        task = asyncio.get_running_loop().create_task(self._call(keys, waiters))
+    def _read(self, store: Store, keys: list[bytes], waiters: list) -> None:
+        task = asyncio.get_running_loop().create_task(self._call(store, keys, waiters))
         self._reads.add(task)
         task.add_done_callback(self._reads.discard)
 
-    async def _call(self, keys: list[bytes], waiters: list) -> None:
+    async def _call(self, store: Store, keys: list[bytes], waiters: list) -> None:
         try:
-            body = await self.client.call(Method.TXN, ranges_txn(keys))
+            body = await store.call(Method.TXN, ranges_txn(keys))
         except EtcdError as e:
             for future, _ in waiters:
                 if not future.done():

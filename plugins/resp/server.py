@@ -23,7 +23,7 @@ from plugins.resp.codec import INLINE_MAX, Parser, ProtocolError, Push, ReplyErr
 from plugins.resp.commands import ClientState, Several, Shared, dispatch
 from plugins.resp.keyspace import Subscriptions
 from plugins.resp.reads import TXN_RANGES, ReadBatcher
-from plugins.resp.store import Store
+from plugins.resp.store import Store, reply_error
 
 log = structlog.get_logger()
 
@@ -56,7 +56,8 @@ class RespConnection(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.reading = True
-        self.state = ClientState(shared, shared.next_client_id, Subscriptions(shared.store, self._deliver))
+        store = Store(shared.client)
+        self.state = ClientState(shared, shared.next_client_id, store, Subscriptions(store, self._deliver))
         shared.next_client_id += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -156,9 +157,9 @@ class RespConnection(asyncio.Protocol):
     async def _get_run(self, keys: list[bytes], out: list[bytes]) -> None:
         """Consecutive GETs: read with every other connection's GETs of this turn (``reads``)."""
         try:
-            values = await self.shared.reads.get(keys)
+            values = await self.shared.reads.get(self.state.store, keys)
         except EtcdError as e:
-            error = encode(ReplyError("ERR " + e.message), self.state.resp3)
+            error = encode(reply_error(e), self.state.resp3)
             out.extend(error for _ in keys)
             return
         null = b"_\r\n" if self.state.resp3 else b"$-1\r\n"
@@ -184,7 +185,7 @@ class RespFrontend:
 
     async def start(self, client: Client) -> None:
         listen = f"{self.addresses[0][0]}:{self.addresses[0][1]}"
-        shared = self.shared = Shared(Store(client), ReadBatcher(client), listen)
+        shared = self.shared = Shared(client, ReadBatcher(), listen)
         loop = asyncio.get_running_loop()
 
         def connection() -> RespConnection:

@@ -15,7 +15,7 @@ import structlog
 from actors.errors import EtcdError
 from actors.proto import kv_pb2
 from plugins.resp.codec import NULL_ARRAY, NullArray, ReplyError
-from plugins.resp.store import Store, delete_op, put_op, range_op, unchanged
+from plugins.resp.store import Store, delete_op, put_op, range_op, reply_error, unchanged
 from plugins.resp.strings import STRING_COMMANDS, Entry, View, command_keys
 
 log = structlog.get_logger()
@@ -93,7 +93,7 @@ async def execute(
             log.debug("resp_txn_retry", keys=len(keys))
         raise ReplyError("ERR cairn: too much contention on these keys, try again")
     except EtcdError as e:
-        raise ReplyError("ERR " + e.message) from None
+        raise reply_error(e) from None
     finally:
         leases.revoke_unused(set())
 
