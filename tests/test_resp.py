@@ -438,3 +438,74 @@ def test_auth_with_etcd_users_and_permissions(tmp_path: Path) -> None:
             client.close()
     finally:
         server.stop()
+
+
+CLI_SCRIPT = """\
+SET c/a 1|OK
+GET c/a|1
+SET c/a 2 NX|
+SET c/b 1 XX GET|
+SET c/a 3 XX GET|1
+SET c/t v EX 100|OK
+SET c/t v PX 100000 KEEPTTL|ERR syntax error;
+SET c/t v EXAT 9999999999|OK
+SET c/t v PXAT 9999999999000|OK
+MSET c/m1 a c/m2 b|OK
+MGET c/m1 c/m2 c/none|a;b;
+EXISTS c/m1 c/m2 c/none|2
+DEL c/m1 c/none|1
+INCR c/n|1
+INCRBY c/n 10|11
+DECR c/n|10
+DECRBY c/n 5|5
+KEYS c/m*|c/m2
+SCAN 0 MATCH c/m* COUNT 100|0;c/m2
+TTL c/a|-1
+PTTL c/none|-2
+EXPIRE c/a 100|1
+PERSIST c/a|1
+TTL c/a|-1
+MULTI|OK
+INCR c/n|QUEUED
+GET c/n|QUEUED
+EXEC|6;6
+MULTI|OK
+SET c/x 1|QUEUED
+DISCARD|OK
+GET c/x|
+WATCH c/n|OK
+UNWATCH|OK
+PING|PONG
+PING hi|hi
+ECHO hello|hello
+CLIENT SETNAME me|OK
+CLIENT GETNAME|me
+DBSIZE|4
+SELECT 0|OK
+NOSUCH a|ERR unknown command 'NOSUCH', with args beginning with: 'a' ;
+GET|ERR wrong number of arguments for 'get' command;
+"""
+
+
+def test_every_command_through_redis_cli_one_by_one_and_piped(tmp_path: Path) -> None:
+    """redis-cli sends stdin's commands one at a time; ``--pipe`` sends them all at once.
+
+    CLI_SCRIPT is ``command|reply`` per line, a reply's lines joined by ``;`` (redis-cli prints a
+    blank line after an error).
+    """
+    server, port = start_node(tmp_path / "cli")
+    try:
+        lines = [line.split("|") for line in CLI_SCRIPT.splitlines()]
+        commands = "\n".join(command for command, _ in lines) + "\n"
+        expected = [part for _, reply in lines for part in reply.split(";")]
+        assert cli(port, input=commands).split("\n")[: len(expected)] == expected
+        piped = subprocess.run(  # exits 1 when any reply was an error
+            [REDIS_CLI, "-p", str(port), "--pipe"],
+            input=commands.replace("c/", "p/"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert f"errors: 3, replies: {len(lines)}" in piped.stdout
+    finally:
+        server.stop()
