@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import socket
 import subprocess
 import threading
@@ -509,3 +511,24 @@ def test_every_command_through_redis_cli_one_by_one_and_piped(tmp_path: Path) ->
         assert f"errors: 3, replies: {len(lines)}" in piped.stdout
     finally:
         server.stop()
+
+
+def test_random_garbage_on_the_socket_changes_nothing(node: tuple[Server, int], r: redis.Redis) -> None:
+    seed = int(os.environ.get("RESP_FUZZ_SEED", random.randrange(1 << 30)))
+    print(f"RESP_FUZZ_SEED={seed}")
+    rng = random.Random(seed)
+    r.set("guard2", "intact")
+    before = r.info("replication")["cairn_revision"]
+    for _ in range(20):
+        payload = rng.randbytes(rng.randrange(1, 4096))
+        if rng.random() < 0.5:
+            payload = b"*3\r\n$3\r\nSET\r\n$6\r\nguard2\r\n" + payload  # garbage where the value should be
+        with socket.create_connection(("127.0.0.1", node[1]), timeout=20) as s:
+            try:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                _closed_after(s)  # an error and a close, or replies to whatever parsed as commands
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+    assert r.get("guard2") == b"intact", seed
+    assert r.info("replication")["cairn_revision"] == before, seed
