@@ -23,6 +23,7 @@ log = structlog.get_logger()
 
 # etcd 3.4's minimum (transport.TLSInfo): TLS 1.2
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+HANDSHAKE_TIMEOUT = 10.0  # seconds an asyncio listener gives a client to finish its handshake
 
 
 def _read(path: str, key: str) -> bytes:

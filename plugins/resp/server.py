@@ -7,7 +7,10 @@ read-only Txn of ranges, a single linearizable read at one revision instead of o
 (``reads``). Bad bytes get Redis's protocol error and the connection is closed (the stream
 cannot be re-synced); the node itself never notices.
 
-Settings: ``listen`` (``host:port`` or a list of them), ``enabled``.
+Settings: ``listen`` (``host:port`` or a list of them), ``enabled``, ``tls`` (true: the listeners
+speak TLS with the node's ``cert-file``/``key-file``/``trusted-ca-file``/``client-cert-auth``, as
+``redis-cli --tls`` expects; with client-cert-auth a connection acts as its certificate's CN until
+it sends ``AUTH``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import asyncio
 
 import structlog
 
+from actors.auth.backends import request_token
 from actors.errors import EtcdError
+from node import tls
 from node.api import Client
 from node.config import ConfigError, NodeConfig
 from plugins.resp.codec import INLINE_MAX, Parser, ProtocolError, Push, ReplyError, bulk, encode
@@ -46,8 +51,9 @@ def parse_listen(listen: object) -> list[tuple[str, int]]:
 class RespConnection(asyncio.Protocol):
     """One client connection: parse, run in order (GET runs folded), answer in one write per batch."""
 
-    def __init__(self, shared: Shared, max_bulk: int) -> None:
+    def __init__(self, shared: Shared, max_bulk: int, certificate_users: bool = False) -> None:
         self.shared = shared
+        self.certificate_users = certificate_users
         self.parser = Parser(max_bulk)
         self.query_limit = 2 * max_bulk + INLINE_MAX
         self.pending: list[list[bytes] | ProtocolError] = []
@@ -64,6 +70,9 @@ class RespConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
         self.shared.connections.add(self)
+        if self.certificate_users:
+            common_name = tls.common_name(transport.get_extra_info("peercert"))
+            self.state.store.token = request_token(None, common_name)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -179,6 +188,8 @@ class RespFrontend:
 
     def __init__(self, config: NodeConfig, settings: dict) -> None:
         self.addresses = parse_listen(settings.get("listen") or DEFAULT_LISTEN)
+        self.config = config
+        self.tls = bool(settings.get("tls", False))
         self.max_bulk = 2 * config.max_request_bytes  # larger values get etcd's "request is too large"
         self.servers: list[asyncio.Server] = []
         self.shared: Shared | None = None
@@ -188,12 +199,20 @@ class RespFrontend:
         shared = self.shared = Shared(client, ReadBatcher(), listen)
         loop = asyncio.get_running_loop()
 
+        context = tls.server_context(self.config) if self.tls else None
+        certificate_users = self.tls and self.config.client_cert_auth
+
         def connection() -> RespConnection:
-            return RespConnection(shared, self.max_bulk)
+            return RespConnection(shared, self.max_bulk, certificate_users)
 
         for host, port in self.addresses:
-            self.servers.append(await loop.create_server(connection, host, port, reuse_address=True))
-        log.info("resp_serving", addresses=[f"{h}:{p}" for h, p in self.addresses])
+            self.servers.append(
+                await loop.create_server(
+                    connection, host, port, reuse_address=True, ssl=context,
+                    ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT if context else None,
+                )
+            )  # fmt: skip
+        log.info("resp_serving", addresses=[f"{h}:{p}" for h, p in self.addresses], tls=self.tls)
 
     async def stop(self, grace: float) -> None:
         """Stop listening, let commands being run finish for up to ``grace`` s, close every connection."""

@@ -34,7 +34,6 @@ from plugins.rest.http import HttpConnection, Limits
 log = structlog.get_logger()
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish its TLS handshake
 SPLICE_LOW, SPLICE_HIGH = 64 * 1024, 1024 * 1024  # write buffer marks on each side of a splice
 
 
@@ -202,7 +201,7 @@ class RestFrontend:
                 reuse_address=True,
                 backlog=1024,
                 ssl=context if secure else None,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if secure else None,
+                ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT if secure else None,
             )
             self.servers.append(server)
         log.info(
