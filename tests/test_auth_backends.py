@@ -22,6 +22,7 @@ from plugins.htpasswd.backend import HtpasswdBackend, parse
 REPO = Path(__file__).resolve().parent.parent
 DENIED = "Error: etcdserver: permission denied"
 FAILED = "Error: etcdserver: authentication failed, invalid user ID or password"
+NO_PASSWORD = "auth: authentication failed, password was given for no password user"
 
 
 class Fixed:
@@ -41,11 +42,11 @@ class Fixed:
 def test_the_first_backend_that_knows_the_user_decides() -> None:
     first, second = Fixed("a", {"alice": False}), Fixed("b", {"alice": True, "bob": True}, {"cn": "carol"})
     chain = BackendChain([first, second])
-    assert chain.verify_password("alice", b"pw") is None  # refused by "a": "b" is not asked
+    assert chain.verify_password("alice", b"pw") == (False, "a")  # refused by "a": "b" is not asked
     assert second.calls == 0
-    assert chain.verify_password("bob", b"pw") == "b"
-    assert chain.verify_password("nobody", b"pw") is None
-    assert chain.verify_password("boom", b"pw") is None  # an outage refuses, it does not raise
+    assert chain.verify_password("bob", b"pw") == (True, "b")
+    assert chain.verify_password("nobody", b"pw") == (None, "")
+    assert chain.verify_password("boom", b"pw") == (False, "a")  # an outage refuses, it does not raise
     assert chain.certificate_user("cn") == "carol" and chain.certificate_user("x") is None
     assert not BackendChain() and chain
 
@@ -113,8 +114,9 @@ def test_htpasswd_backend_logs_in_no_password_users(tmp_path: Path) -> None:
         assert _last_line(server.etcdctl("--user=alice:wrong", "get", "/app/x", check=False)) == FAILED
         # in the file but not a user of the store: no roles to act with, so no token
         assert _last_line(server.etcdctl("--user=mallory:x", "get", "/app/x", check=False)) == FAILED
-        # a no-password user the file does not list
-        assert _last_line(server.etcdctl("--user=eve:anything", "get", "/app/x", check=False)) == FAILED
+        # a no-password user the file does not list: etcd's answer for no-password users
+        eve = server.etcdctl("--user=eve:anything", "get", "/app/x", check=False)
+        assert _last_line(eve) == f"Error: rpc error: code = Unknown desc = {NO_PASSWORD}"
         # store passwords still work as before
         assert server.etcdctl("--user=root:rootpw", "get", "/app/x", "--print-value-only").stdout == "1\n"
 

@@ -18,8 +18,8 @@ the core and gives every frontend (gRPC, REST, RESP, ZeroMQ) the same limits:
   behind seconds of hashing. So a flood costs the node at most the one worker thread's core.
 
 Users created with ``--no-password`` are checked by the plugin auth backends instead
-(``actors/auth/backends.py``), on the same worker thread and behind the same limits; without any
-such backend they get etcd's "password was given for no password user".
+(``actors/auth/backends.py``), on the same worker thread and behind the same limits; when no
+backend knows the user they get etcd's "password was given for no password user".
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class _Check:
     revision: int
     deadline: float = 0.0  # monotonic: refused with "too many requests" if it cannot start by then
     ok: bool = False
+    unknown: bool = False  # no plugin backend knows this no-password user
     token: str = ""
     error: str = ""
 
@@ -235,7 +236,9 @@ class AuthActor(Actor):
             return
         if job.ok:  # a right password does not count against the user
             self.limiter.give_back(job.name, time.monotonic())
-        if job.error:
+        if job.unknown:  # etcd's answer for a no-password user, when no backend knows it either
+            self._fail(job.key, errors.NO_PASSWORD_USER)
+        elif job.error:
             log.error("authenticate_token_failed", user=job.name, error=job.error)
             self._fail(job.key, EtcdError(errors.Code.INTERNAL, job.error))
         elif job.ok:
@@ -279,10 +282,11 @@ class AuthActor(Actor):
     def _verify(self, job: _Check) -> bool:
         if job.stored:
             return _checkpw(job.password, job.stored)
-        backend = self.backends.verify_password(job.name, job.password)
-        if backend is not None:
+        verdict, backend = self.backends.verify_password(job.name, job.password)
+        job.unknown = verdict is None
+        if verdict:
             log.info("authenticated_by_backend", user=job.name, backend=backend)
-        return backend is not None
+        return bool(verdict)
 
     def flush(self) -> None:
         self.raft.flush()

@@ -60,17 +60,18 @@ class BackendChain:
     def __bool__(self) -> bool:
         return bool(self.backends)
 
-    def verify_password(self, name: str, password: bytes) -> str | None:
-        """The name of the backend that vouched for the user, or None (refused or unknown)."""
+    def verify_password(self, name: str, password: bytes) -> tuple[bool | None, str]:
+        """(verdict, backend): True or False from the first backend that knows the user, or
+        (None, "") when none does. A backend that raises (an outage) refuses the login."""
         for backend in self.backends:
             try:
                 verdict = backend.verify_password(name, password)
-            except Exception as e:  # a backend's outage refuses its users; it never crashes the core
+            except Exception as e:  # never crashes the core
                 log.error("auth_backend_failed", backend=backend.name, user=name, error=str(e))
-                continue
+                return False, backend.name
             if verdict is not None:
-                return backend.name if verdict else None
-        return None
+                return verdict, backend.name
+        return None, ""
 
     def certificate_user(self, common_name: str) -> str | None:
         for backend in self.backends:
