@@ -196,3 +196,19 @@ def test_tls_settings_are_etcds_keys(tmp_path: Path) -> None:
         "/ca.pem",
         True,
     )
+
+
+def test_the_gateways_certificate_user_is_the_rest_clients_cn(tmp_path: Path, pki: dict) -> None:
+    """cairn only: etcd's gateway reaches gRPC with the server's own certificate (see security.md)."""
+    with tls_server("cairn", tmp_path, pki).start() as server:
+        for args in AUTH_SETUP:
+            server.etcdctl(*args)
+        svc = pki["svc"]
+        tls = ["--cacert", pki["ca"].ca, "--cert", svc.cert, "--key", svc.key]
+        url = f"https://{server.endpoint}/v3/kv/put"
+        allowed = curl(*tls, "-X", "POST", url, "-d", '{"key":"L2FwcC94","value":"MQ=="}')  # /app/x
+        denied = curl(*tls, "-X", "POST", url, "-d", '{"key":"L290aGVy","value":"MQ=="}')  # /other
+        assert "revision" in json.loads(allowed.stdout)["header"], allowed
+        assert json.loads(denied.stdout)["message"] == "etcdserver: permission denied", denied
+        forged = curl(*tls, "-H", "Authorization: \x01root", "-X", "POST", url, "-d", '{"key":"L290aGVy"}')
+        assert "kvs" not in forged.stdout and "header" not in json.loads(forged.stdout)
