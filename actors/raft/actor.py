@@ -278,6 +278,7 @@ class RaftActor(Actor):
     def on_time(self, now: float) -> None:
         self.next_tick = max(self.next_tick + self.interval, now)
         self.transport.refresh_faults()
+        self.transport.relink_silent(now)
         self.core.tick()
         self._drain_ready()
 

@@ -14,6 +14,7 @@ answers): the same envelope behind LEASE_MAGIC, handed to and from the lease act
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ FORWARD_MAGIC = b"CRNF"
 LEASE_MAGIC = b"CRNL"  # + sender id:u64 + pack(Kind.LEASE_FORWARD or LEASE_REPLY, records, aux=cluster id)
 LEASE_KINDS = frozenset({Kind.LEASE_FORWARD, Kind.LEASE_REPLY})
 PEER_HWM = 10000
+RELINK_AFTER = 2.0  # seconds of sending to a CURVE peer and hearing nothing before its link is rebuilt
 FAULT_FILE_ENV = "CAIRN_FAULT_FILE"  # tests only: a file naming peers to cut this member off from
 
 
@@ -70,6 +72,11 @@ class PeerTransport:
             self.inbound.bind(zmq_url(url))
         self.ctx = ctx
         self.outbound: dict[int, zmq.Socket] = {}
+        self.urls: dict[int, str] = {}
+        # monotonic times per peer, to find CURVE links libzmq gave up on (relink_silent)
+        self.sent: dict[int, float] = {}
+        self.heard: dict[int, float] = {}
+        self.linked: dict[int, float] = {}
         for peer, urls in peers.items():
             if peer != member_id and urls:
                 self.connect(peer, urls[0])
@@ -104,6 +111,8 @@ class PeerTransport:
         if self.curve is not None and server_key is None:
             log.error("peer_curve_key_unknown", peer=f"{peer:x}", url=url)
             return  # no key to authenticate it by: no link (add it to peer-curve-public-keys)
+        self.urls[peer] = url
+        self.linked[peer] = time.monotonic()
         sock = self.ctx.socket(zmq.DEALER)
         if server_key is not None:
             secure_client(sock, self.curve, server_key)  # type: ignore[arg-type]
@@ -113,7 +122,23 @@ class PeerTransport:
         sock.connect(zmq_url(url))
         self.outbound[peer] = sock
 
+    def relink_silent(self, now: float) -> None:
+        """Rebuild the link to a CURVE peer we keep sending to without hearing back.
+
+        libzmq does not retry a connection whose CURVE handshake failed (an impostor held the
+        peer's address, or the peer had another key); when the real member returns, only a new
+        socket reaches it. Plain tcp links reconnect by themselves.
+        """
+        if self.curve is None:
+            return
+        for peer, url in list(self.urls.items()):
+            quiet_since = max(self.heard.get(peer, 0.0), self.linked.get(peer, 0.0))
+            if self.sent.get(peer, 0.0) > quiet_since and now - quiet_since > RELINK_AFTER:
+                log.debug("peer_relinked", peer=f"{peer:x}", url=url)
+                self.connect(peer, url)
+
     def disconnect(self, peer: int) -> None:
+        self.urls.pop(peer, None)
         sock = self.outbound.pop(peer, None)
         if sock is not None:
             sock.close(linger=0)
@@ -123,6 +148,8 @@ class PeerTransport:
         if sock is None or peer in self.cut:
             self.dropped += 1
             return
+        if self.curve is not None:
+            self.sent[peer] = time.monotonic()
         try:
             sock.send(frame, zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -184,6 +211,10 @@ class PeerTransport:
                     )
             except MalformedFrame as e:
                 log.warning("peer_frame_dropped", error=str(e), size=len(frame))
+        if self.curve is not None:
+            now = time.monotonic()
+            for m in raft:
+                self.heard[m.frm] = now
         return raft, forwarded, lease
 
     def close(self) -> None:
