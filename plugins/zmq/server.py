@@ -1,0 +1,347 @@
+"""The native ZeroMQ frontend: the node's own message protocol on a ``tcp://`` ROUTER socket.
+
+Clients in any language speak the envelope of :mod:`actors.protocol` (``kind aux records``) with
+etcd's protobuf messages as bodies, exactly what the frontend process already sends the core; the
+relay here forwards each record through the shared :class:`node.api.Client`, so a native client's
+requests are batched with gRPC's and REST's. A direct path to the core was the alternative: it
+would save one hop, but the core's session actor would then face untrusted peers, per-peer limits
+and watch backpressure in the one thread every actor shares. The wire format is documented frame
+by frame in ``docs/zmq-protocol.md``.
+
+Every frame this server sends carries the peer's *session number* in ``aux``. It changes when the
+server forgot the peer (a frontend restart, or silence longer than ``peer-timeout``), which is how
+a client learns that its watch streams are gone and must be re-created from its last revision.
+
+Settings (``plugins: {zmq: {...}}``): ``listen`` (``tcp://host:port`` or ``ipc://path``, default
+``tcp://127.0.0.1:2390``), ``peer-timeout`` (seconds of silence before a peer's streams are
+dropped, default 10), ``max-frame-bytes`` (larger frames close the connection, default 16 MiB),
+``max-in-flight`` (unanswered requests per peer, default 10000), ``max-streams`` (watch streams
+per peer, default 1000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+
+import structlog
+import zmq
+import zmq.asyncio
+from google.protobuf.message import DecodeError
+
+from actors import errors
+from actors.proto import rpc_pb2
+from actors.protocol import Kind, MalformedFrame, Method, Record, pack, unpack
+from node.api import Client, Stream
+from node.config import ConfigError, NodeConfig
+
+log = structlog.get_logger()
+
+DEFAULT_LISTEN = "tcp://127.0.0.1:2390"
+
+#: Methods a native client may call with one request and one response.
+UNARY_METHODS = frozenset(
+    {
+        Method.RANGE,
+        Method.PUT,
+        Method.DELETE_RANGE,
+        Method.TXN,
+        Method.COMPACT,
+        Method.LEASE_GRANT,
+        Method.LEASE_REVOKE,
+        Method.LEASE_KEEPALIVE,
+        Method.LEASE_TIME_TO_LIVE,
+        Method.LEASE_LEASES,
+        Method.STATUS,
+        Method.MEMBER_LIST,
+    }
+)
+
+FRAME_ERROR_ID = 0  # the record id of errors about a whole frame rather than one request
+SEND_RETRY = 0.005  # seconds between tries to send to a peer whose queue is full
+BACKLOG_FRAMES = 64  # frames held for a slow peer before its watch streams stop pulling
+RECV_BATCH = 1024  # messages handled per turn before yielding to the event loop
+
+
+def _positive(settings: dict, key: str, default: float) -> float:
+    value = settings.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"plugins.zmq.{key}: {value!r} is not a positive number")
+    return value
+
+
+def listen_url(settings: dict) -> str:
+    url = settings.get("listen", DEFAULT_LISTEN)
+    if not isinstance(url, str) or not url.startswith(("tcp://", "ipc://")):
+        raise ConfigError(f"plugins.zmq.listen: {url!r} is not a tcp://host:port or ipc:// URL")
+    return url
+
+
+def error_record(rid: int, error: errors.EtcdError) -> Record:
+    return (rid, error.code, error.message.encode())
+
+
+def frame_error(text: str) -> Record:
+    return (FRAME_ERROR_ID, errors.Code.INVALID_ARGUMENT, text.encode())
+
+
+class Peer:
+    """What the server holds for one connected client (one ZeroMQ routing id)."""
+
+    __slots__ = (
+        "backlog",
+        "identity",
+        "in_flight",
+        "last_seen",
+        "pumps",
+        "pushes",
+        "replies",
+        "session",
+        "streams",
+        "wants_reply",
+        "writable",
+    )
+
+    def __init__(self, identity: bytes, session: int, now: float) -> None:
+        self.identity = identity
+        self.session = session
+        self.last_seen = now
+        self.in_flight = 0
+        self.replies: list[Record] = []
+        self.pushes: list[Record] = []
+        self.wants_reply = False  # a heartbeat came in: answer even with no records
+        self.backlog: deque[bytes] = deque()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.streams: dict[int, Stream] = {}
+        self.pumps: dict[int, asyncio.Task[None]] = {}
+
+
+class ZmqFrontend:
+    name = "zmq"
+
+    def __init__(self, config: NodeConfig, settings: dict) -> None:
+        self.url = listen_url(settings)
+        self.peer_timeout = _positive(settings, "peer-timeout", 10.0)
+        self.max_frame_bytes = int(_positive(settings, "max-frame-bytes", 16 << 20))
+        self.max_in_flight = int(_positive(settings, "max-in-flight", 10000))
+        self.max_streams = int(_positive(settings, "max-streams", 1000))
+        self.client: Client | None = None
+        self.sock: zmq.asyncio.Socket | None = None
+        self.peers: dict[bytes, Peer] = {}
+        self.dirty: set[bytes] = set()
+        self.flush_scheduled = False
+        # sessions start from a random base, so a restarted server never reuses a number
+        self.next_session = secrets.randbits(62) << 1 | 1
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, client: Client) -> None:
+        self.client = client
+        sock = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or vanished peer is an error, not a silent drop
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its routing id takes over
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)  # ZMTP pings find half-open TCP connections
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        try:
+            sock.bind(self.url)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            raise ConfigError(f"plugins.zmq.listen: cannot bind {self.url}: {e}") from None
+        self.sock = sock
+        self.url = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._sweep())]
+        log.info("zmq_serving", url=self.url)
+
+    async def stop(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while any(p.in_flight or p.backlog for p in self.peers.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self.tasks:
+            task.cancel()
+        for identity in list(self.peers):
+            self._forget(identity)
+        if self.sock is not None:
+            self.sock.close(linger=0)
+
+    # -- receiving -----------------------------------------------------------------------------------
+    async def _receive(self) -> None:
+        assert self.sock is not None
+        sock = self.sock
+        while True:
+            message = await sock.recv_multipart(copy=True)
+            self._on_message(message)
+            for _ in range(RECV_BATCH):
+                more = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                if more.exception() is not None:  # zmq.Again: nothing more queued
+                    break
+                self._on_message(more.result())
+
+    def _peer(self, identity: bytes, now: float) -> Peer:
+        peer = self.peers.get(identity)
+        if peer is None:
+            peer = self.peers[identity] = Peer(identity, self.next_session, now)
+            self.next_session = (self.next_session + 2) & ((1 << 64) - 1) or 1
+            log.info("zmq_peer_connected", peer=identity.hex(), session=peer.session)
+        peer.last_seen = now
+        return peer
+
+    def _on_message(self, message: list[bytes]) -> None:
+        identity = message[0]
+        peer = self._peer(identity, time.monotonic())
+        if len(message) != 2:
+            log.warning("zmq_frame_malformed", peer=identity.hex(), error="multipart", parts=len(message))
+            self._reply(
+                peer, frame_error(f"cairn: a message must be exactly one frame, not {len(message) - 1}")
+            )
+            return
+        try:
+            kind, _, records = unpack(message[1])
+        except MalformedFrame as e:
+            log.warning("zmq_frame_malformed", peer=identity.hex(), error=str(e))
+            self._reply(peer, frame_error(f"cairn: malformed frame: {e}"))
+            return
+        if kind != Kind.REQUEST:
+            log.warning("zmq_frame_malformed", peer=identity.hex(), error="kind", kind=kind)
+            self._reply(peer, frame_error(f"cairn: unknown frame kind {kind}"))
+            return
+        if not records:
+            peer.wants_reply = True  # a heartbeat
+            self._mark(peer)
+        for rid, method, body in records:
+            if method in UNARY_METHODS:
+                self._call(peer, rid, method, body)
+            elif method == Method.WATCH or method == Method.WATCH_CLOSE:
+                self._stream(peer, rid, method, body)
+            else:
+                log.warning("zmq_unknown_method", peer=identity.hex(), method=method)
+                self._reply(peer, (rid, errors.Code.UNIMPLEMENTED, f"unknown method {method}".encode()))
+
+    def _call(self, peer: Peer, rid: int, method: int, body: bytes) -> None:
+        if peer.in_flight >= self.max_in_flight:
+            self._reply(peer, error_record(rid, errors.TOO_MANY_REQUESTS))
+            return
+        assert self.client is not None
+        peer.in_flight += 1
+        future = self.client.submit(method, body)
+        future.add_done_callback(lambda f: self._answered(peer, rid, f))
+
+    def _answered(self, peer: Peer, rid: int, future: asyncio.Future[bytes]) -> None:
+        peer.in_flight -= 1
+        if self.peers.get(peer.identity) is not peer:
+            if not future.cancelled():
+                future.exception()  # retrieved: the peer is gone, nobody to tell
+            return
+        error = future.exception()
+        if error is None:
+            self._reply(peer, (rid, 0, future.result()))
+        elif isinstance(error, errors.EtcdError):
+            self._reply(peer, error_record(rid, error))
+        else:
+            self._reply(peer, error_record(rid, errors.EtcdError(errors.Code.INTERNAL, str(error))))
+
+    # -- watch streams -------------------------------------------------------------------------------
+    def _stream(self, peer: Peer, sid: int, method: int, body: bytes) -> None:
+        stream = peer.streams.get(sid)
+        if method == Method.WATCH_CLOSE:
+            if stream is not None:
+                self._close_stream(peer, sid)
+            return
+        try:
+            rpc_pb2.WatchRequest.FromString(body)
+        except DecodeError:
+            self._reply(peer, (sid, errors.Code.INVALID_ARGUMENT, b"cairn: malformed WatchRequest"))
+            return
+        if stream is None:
+            if len(peer.streams) >= self.max_streams:
+                self._reply(peer, error_record(sid, errors.TOO_MANY_REQUESTS))
+                return
+            assert self.client is not None
+            stream = peer.streams[sid] = self.client.open_stream()
+            peer.pumps[sid] = asyncio.create_task(self._pump(peer, sid, stream))
+        stream.send(body)
+
+    async def _pump(self, peer: Peer, sid: int, stream: Stream) -> None:
+        """Move one stream's responses to its peer, no faster than the peer takes them: while the
+        peer's backlog is full this stops pulling, the stream fills and tells the watch hub."""
+        while True:
+            response = await stream.get()
+            if not peer.writable.is_set():
+                await peer.writable.wait()
+            peer.pushes.append((sid, 0, response))
+            self._mark(peer)
+
+    def _close_stream(self, peer: Peer, sid: int) -> None:
+        peer.streams.pop(sid).close()
+        peer.pumps.pop(sid).cancel()
+
+    # -- sending -------------------------------------------------------------------------------------
+    def _reply(self, peer: Peer, record: Record) -> None:
+        peer.replies.append(record)
+        self._mark(peer)
+
+    def _mark(self, peer: Peer) -> None:
+        self.dirty.add(peer.identity)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """One RESULT and one PUSH frame per peer per turn, however many records they carry."""
+        self.flush_scheduled = False
+        dirty, self.dirty = self.dirty, set()
+        for identity in dirty:
+            peer = self.peers.get(identity)
+            if peer is None:
+                continue
+            if peer.replies or peer.wants_reply:
+                peer.backlog.append(pack(Kind.RESULT, peer.replies, peer.session))
+                peer.replies = []
+                peer.wants_reply = False
+            if peer.pushes:
+                peer.backlog.append(pack(Kind.PUSH, peer.pushes, peer.session))
+                peer.pushes = []
+            self._send_backlog(peer)
+
+    def _send_backlog(self, peer: Peer) -> None:
+        assert self.sock is not None
+        while peer.backlog:
+            sent = self.sock.send_multipart([peer.identity, peer.backlog[0]], flags=zmq.NOBLOCK, copy=False)
+            error = sent.exception()
+            if error is None:
+                peer.backlog.popleft()
+                continue
+            if isinstance(error, zmq.Again):  # the peer does not read fast enough: try again soon
+                if len(peer.backlog) >= BACKLOG_FRAMES:
+                    peer.writable.clear()
+                asyncio.get_running_loop().call_later(SEND_RETRY, self._retry, peer)
+                return
+            log.info("zmq_peer_unreachable", peer=peer.identity.hex(), error=str(error))
+            self._forget(peer.identity)
+            return
+        peer.writable.set()
+
+    def _retry(self, peer: Peer) -> None:
+        if self.peers.get(peer.identity) is peer:
+            self._send_backlog(peer)
+
+    # -- peers that went away ------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for identity in [i for i, p in self.peers.items() if now - p.last_seen > self.peer_timeout]:
+                log.info("zmq_peer_gone", peer=identity.hex())
+                self._forget(identity)
+
+    def _forget(self, identity: bytes) -> None:
+        peer = self.peers.pop(identity)
+        for sid in list(peer.streams):
+            self._close_stream(peer, sid)
+        peer.backlog.clear()
+        peer.writable.set()
