@@ -22,6 +22,17 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     Method.COMPACT: rpc_pb2.CompactionRequest,
 }
 
+# Other requests are only parsed before they go further: bytes that are no message are refused
+# here, never left to crash the actor that would read them (a gRPC client can send any bytes).
+PARSED_TYPES: dict[int, type[Message]] = {
+    **REQUEST_TYPES,
+    Method.LEASE_GRANT: rpc_pb2.LeaseGrantRequest,
+    Method.LEASE_REVOKE: rpc_pb2.LeaseRevokeRequest,
+    Method.LEASE_KEEPALIVE: rpc_pb2.LeaseKeepAliveRequest,
+    Method.LEASE_TIME_TO_LIVE: rpc_pb2.LeaseTimeToLiveRequest,
+    Method.LEASE_LEASES: rpc_pb2.LeaseLeasesRequest,
+}
+
 DEFAULT_MAX_TXN_OPS = 128  # etcd's --max-txn-ops default
 
 
@@ -31,6 +42,10 @@ def decode(method: int, request: bytes) -> Message:
         cls = REQUEST_TYPES[method]
     except KeyError:
         raise EtcdError(Code.UNIMPLEMENTED, f"cairn: method {method} is not a KV request") from None
+    return _parse(cls, request)
+
+
+def _parse(cls: type[Message], request: bytes) -> Message:
     try:
         return cls.FromString(request)
     except DecodeError as exc:
@@ -45,6 +60,8 @@ def validate(method: int, request: bytes, max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     Returns the parsed KV request (None for other methods), so the caller need not parse it again.
     """
     if method not in REQUEST_TYPES:
+        if method in PARSED_TYPES:
+            _parse(PARSED_TYPES[method], request)
         return None
     message = decode(method, request)
     check_message(method, message, max_txn_ops)

@@ -148,6 +148,7 @@ class ZmqFrontend:
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)  # ZMTP pings find half-open TCP connections
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)  # a connection that never completes ZMTP's greeting
         try:
             sock.bind(self.url)
         except zmq.ZMQError as e:
@@ -166,6 +167,7 @@ class ZmqFrontend:
             task.cancel()
         for identity in list(self.peers):
             self._forget(identity)
+        await asyncio.sleep(0)  # let the client send the streams' closes before it is closed
         if self.sock is not None:
             self.sock.close(linger=0)
 
@@ -174,13 +176,24 @@ class ZmqFrontend:
         assert self.sock is not None
         sock = self.sock
         while True:
-            message = await sock.recv_multipart(copy=True)
-            self._on_message(message)
+            self._handle(await sock.recv_multipart(copy=True))
             for _ in range(RECV_BATCH):
                 more = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
                 if more.exception() is not None:  # zmq.Again: nothing more queued
                     break
-                self._on_message(more.result())
+                self._handle(more.result())
+
+    def _handle(self, message: list[bytes]) -> None:
+        """One peer's message; a bug it triggers is logged and answered, never fatal to the others."""
+        try:
+            self._on_message(message)
+        except Exception as e:
+            log.exception("zmq_message_failed", peer=message[0].hex(), error=repr(e))
+            peer = self.peers.get(message[0])
+            if peer is not None:
+                self._reply(
+                    peer, (FRAME_ERROR_ID, errors.Code.INTERNAL, f"cairn: internal error: {e!r}".encode())
+                )
 
     def _peer(self, identity: bytes, now: float) -> Peer:
         peer = self.peers.get(identity)
