@@ -46,13 +46,14 @@ T = TypeVar("T")
 Key = bytes | str
 
 
-def _bytes(value: Key) -> bytes:
+def to_bytes(value: Key) -> bytes:
+    """Keys and values may be given as str (UTF-8)."""
     return value.encode() if isinstance(value, str) else value
 
 
 def prefix_end(key: Key) -> bytes:
     """The range end selecting every key that starts with ``key`` (etcd's GetPrefixRangeEnd)."""
-    stripped = _bytes(key).rstrip(b"\xff")
+    stripped = to_bytes(key).rstrip(b"\xff")
     return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else b"\0"
 
 
@@ -77,23 +78,25 @@ def compare(key: Key, target: str, op: str, operand: int | Key) -> rpc_pb2.Compa
     if target not in _TARGETS or op not in _RESULTS:
         raise ValueError(f"compare: target must be one of {list(_TARGETS)} and op one of {list(_RESULTS)}")
     kind, field = _TARGETS[target]
-    message = rpc_pb2.Compare(key=_bytes(key), target=kind, result=_RESULTS[op])
-    setattr(message, field, _bytes(operand) if target == "value" else int(operand))  # type: ignore[arg-type]
+    message = rpc_pb2.Compare(key=to_bytes(key), target=kind, result=_RESULTS[op])
+    setattr(message, field, to_bytes(operand) if target == "value" else int(operand))  # type: ignore[arg-type]
     return message
 
 
 def put_op(key: Key, value: Key, lease: int = 0) -> rpc_pb2.RequestOp:
     return rpc_pb2.RequestOp(
-        request_put=rpc_pb2.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease)
+        request_put=rpc_pb2.PutRequest(key=to_bytes(key), value=to_bytes(value), lease=lease)
     )
 
 
 def range_op(key: Key, range_end: Key = b"") -> rpc_pb2.RequestOp:
-    return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=_bytes(key), range_end=_bytes(range_end)))
+    return rpc_pb2.RequestOp(
+        request_range=rpc_pb2.RangeRequest(key=to_bytes(key), range_end=to_bytes(range_end))
+    )
 
 
 def delete_op(key: Key, range_end: Key = b"") -> rpc_pb2.RequestOp:
-    request = rpc_pb2.DeleteRangeRequest(key=_bytes(key), range_end=_bytes(range_end))
+    request = rpc_pb2.DeleteRangeRequest(key=to_bytes(key), range_end=to_bytes(range_end))
     return rpc_pb2.RequestOp(request_delete_range=request)
 
 
@@ -387,8 +390,8 @@ class AsyncClient:
         sort_target: int = 0,
     ) -> rpc_pb2.RangeResponse:
         request = rpc_pb2.RangeRequest(
-            key=_bytes(key),
-            range_end=prefix_end(key) if prefix else _bytes(range_end),
+            key=to_bytes(key),
+            range_end=prefix_end(key) if prefix else to_bytes(range_end),
             revision=revision,
             limit=limit,
             serializable=serializable,
@@ -408,14 +411,14 @@ class AsyncClient:
     async def put(
         self, key: Key, value: Key, *, lease: int = 0, prev_kv: bool = False
     ) -> rpc_pb2.PutResponse:
-        request = rpc_pb2.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease, prev_kv=prev_kv)
+        request = rpc_pb2.PutRequest(key=to_bytes(key), value=to_bytes(value), lease=lease, prev_kv=prev_kv)
         return rpc_pb2.PutResponse.FromString(await self.call(Method.PUT, request.SerializeToString()))
 
     async def delete(
         self, key: Key, range_end: Key = b"", *, prefix: bool = False, prev_kv: bool = False
     ) -> rpc_pb2.DeleteRangeResponse:
-        end = prefix_end(key) if prefix else _bytes(range_end)
-        request = rpc_pb2.DeleteRangeRequest(key=_bytes(key), range_end=end, prev_kv=prev_kv)
+        end = prefix_end(key) if prefix else to_bytes(range_end)
+        request = rpc_pb2.DeleteRangeRequest(key=to_bytes(key), range_end=end, prev_kv=prev_kv)
         body = await self.call(Method.DELETE_RANGE, request.SerializeToString())
         return rpc_pb2.DeleteRangeResponse.FromString(body)
 
@@ -486,8 +489,8 @@ class AsyncClient:
         """Start watching; returns once the server has created the watch (events after that are seen)."""
         await self.connect()
         create = rpc_pb2.WatchCreateRequest(
-            key=_bytes(key),
-            range_end=prefix_end(key) if prefix else _bytes(range_end),
+            key=to_bytes(key),
+            range_end=prefix_end(key) if prefix else to_bytes(range_end),
             start_revision=start_revision,
             prev_kv=prev_kv,
             progress_notify=progress_notify,
