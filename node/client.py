@@ -122,6 +122,7 @@ class Watch:
         self.create = create
         self.revision = create.start_revision
         self.created = asyncio.Event()
+        self.error: BaseException | None = None
         self._events: asyncio.Queue[kv_pb2.Event | BaseException] = asyncio.Queue()
         self.closed = False
 
@@ -153,6 +154,7 @@ class Watch:
             self.revision = max(self.revision, response.events[-1].kv.mod_revision + 1)
 
     def _fail(self, error: BaseException) -> None:
+        self.error = error
         self.created.set()
         self._events.put_nowait(error)
         self.client._drop_watch(self)
@@ -195,6 +197,7 @@ class KeepAlive:
         self.ttl = 0
         self.error: BaseException | None = None
         self._task = asyncio.get_running_loop().create_task(self._run(client))
+        client._tasks = [t for t in client._tasks if not t.done()] + [self._task]  # ends with the client
 
     async def _run(self, client: AsyncClient) -> None:
         while True:
@@ -248,7 +251,7 @@ class AsyncClient:
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
             sock.connect(self.url)
             self._sock = sock
-            self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._heartbeat())]
+            self._tasks += [asyncio.create_task(self._receive()), asyncio.create_task(self._heartbeat())]
             self._send([])
         if not self._connected.is_set():
             try:
@@ -262,6 +265,8 @@ class AsyncClient:
         """Send one request (a serialized etcd message); return the serialized response."""
         if self._connected is None or not self._connected.is_set():
             await self.connect()
+        if self._sock is None:
+            raise errors.STOPPED.copy()
         rid = self._new_id()
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = (future, time.monotonic() + self.timeout)
@@ -504,6 +509,8 @@ class AsyncClient:
         except TimeoutError:
             await watch.close()
             raise errors.TIMEOUT.copy() from None
+        if watch.error is not None:  # refused or canceled at once (e.g. a compacted start revision)
+            raise watch.error
         return watch
 
 

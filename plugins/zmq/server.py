@@ -35,7 +35,7 @@ from actors import errors
 from actors.proto import rpc_pb2
 from actors.protocol import Kind, MalformedFrame, Method, Record, pack, unpack
 from node.api import Client, Stream
-from node.config import ConfigError, NodeConfig
+from node.config import ConfigError
 
 log = structlog.get_logger()
 
@@ -60,8 +60,8 @@ UNARY_METHODS = frozenset(
 )
 
 FRAME_ERROR_ID = 0  # the record id of errors about a whole frame rather than one request
-SEND_RETRY = 0.005  # seconds between tries to send to a peer whose queue is full
-BACKLOG_FRAMES = 64  # frames held for a slow peer before its watch streams stop pulling
+SEND_RETRY, MAX_SEND_RETRY = 0.005, 0.2  # seconds between tries to send to a peer whose queue is full
+BACKLOG_FRAMES = 16  # frames held for a slow peer before its watch streams stop pulling
 RECV_BATCH = 1024  # messages handled per turn before yielding to the event loop
 
 
@@ -98,6 +98,8 @@ class Peer:
         "pumps",
         "pushes",
         "replies",
+        "retry",
+        "retry_delay",
         "session",
         "streams",
         "wants_reply",
@@ -115,6 +117,8 @@ class Peer:
         self.backlog: deque[bytes] = deque()
         self.writable = asyncio.Event()
         self.writable.set()
+        self.retry: asyncio.TimerHandle | None = None  # a send retry is scheduled: the peer is full
+        self.retry_delay = SEND_RETRY / 2
         self.streams: dict[int, Stream] = {}
         self.pumps: dict[int, asyncio.Task[None]] = {}
 
@@ -122,7 +126,7 @@ class Peer:
 class ZmqFrontend:
     name = "zmq"
 
-    def __init__(self, config: NodeConfig, settings: dict) -> None:
+    def __init__(self, settings: dict) -> None:
         self.url = listen_url(settings)
         self.peer_timeout = _positive(settings, "peer-timeout", 10.0)
         self.max_frame_bytes = int(_positive(settings, "max-frame-bytes", 16 << 20))
@@ -144,7 +148,7 @@ class ZmqFrontend:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or vanished peer is an error, not a silent drop
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its routing id takes over
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
-        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, 100)  # frames queued per peer; beyond, the relay holds back
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)  # ZMTP pings find half-open TCP connections
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
@@ -246,11 +250,11 @@ class ZmqFrontend:
 
     def _answered(self, peer: Peer, rid: int, future: asyncio.Future[bytes]) -> None:
         peer.in_flight -= 1
-        if self.peers.get(peer.identity) is not peer:
-            if not future.cancelled():
-                future.exception()  # retrieved: the peer is gone, nobody to tell
+        if future.cancelled():
             return
-        error = future.exception()
+        error = future.exception()  # retrieved even when nobody is left to tell
+        if self.peers.get(peer.identity) is not peer:
+            return
         if error is None:
             self._reply(peer, (rid, 0, future.result()))
         elif isinstance(error, errors.EtcdError):
@@ -323,16 +327,20 @@ class ZmqFrontend:
 
     def _send_backlog(self, peer: Peer) -> None:
         assert self.sock is not None
+        if peer.retry is not None:  # blocked: the scheduled retry will send, in order
+            return
         while peer.backlog:
             sent = self.sock.send_multipart([peer.identity, peer.backlog[0]], flags=zmq.NOBLOCK, copy=False)
             error = sent.exception()
             if error is None:
                 peer.backlog.popleft()
+                peer.retry_delay = SEND_RETRY / 2
                 continue
             if isinstance(error, zmq.Again):  # the peer does not read fast enough: try again soon
                 if len(peer.backlog) >= BACKLOG_FRAMES:
                     peer.writable.clear()
-                asyncio.get_running_loop().call_later(SEND_RETRY, self._retry, peer)
+                peer.retry_delay = min(peer.retry_delay * 2, MAX_SEND_RETRY)
+                peer.retry = asyncio.get_running_loop().call_later(peer.retry_delay, self._retry, peer)
                 return
             log.info("zmq_peer_unreachable", peer=peer.identity.hex(), error=str(error))
             self._forget(peer.identity)
@@ -340,6 +348,7 @@ class ZmqFrontend:
         peer.writable.set()
 
     def _retry(self, peer: Peer) -> None:
+        peer.retry = None
         if self.peers.get(peer.identity) is peer:
             self._send_backlog(peer)
 
@@ -358,3 +367,5 @@ class ZmqFrontend:
             self._close_stream(peer, sid)
         peer.backlog.clear()
         peer.writable.set()
+        if peer.retry is not None:
+            peer.retry.cancel()
