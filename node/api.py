@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 
 import structlog
 import zmq
@@ -75,7 +76,13 @@ class Stream:
 class Client:
     """Pipelined request/response over a DEALER socket connected to the core's session actor."""
 
-    def __init__(self, url: str, timeout: float = 7.0, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 7.0,
+        context: zmq.asyncio.Context | None = None,
+        options: Mapping[int, int | bytes] | None = None,
+    ) -> None:
         self.url = url
         self.timeout = timeout
         self._ctx = context or zmq.asyncio.Context.instance()
@@ -83,6 +90,8 @@ class Client:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
+        for option, value in (options or {}).items():  # before connecting: e.g. a routing id
+            self._sock.setsockopt(option, value)
         self._sock.connect(url)
         self._next_id = 1
         self._pending: dict[int, tuple[asyncio.Future[bytes], float]] = {}
@@ -100,8 +109,7 @@ class Client:
     def submit(self, method: int, request: bytes) -> asyncio.Future[bytes]:
         """:meth:`call` without a coroutine: a relay answering thousands of requests per turn
         attaches a callback to the future instead of paying for a task per request."""
-        rid = self._next_id
-        self._next_id += 1
+        rid = self._new_id()
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = (future, time.monotonic() + self.timeout)
         self._enqueue((rid, method, request))
@@ -109,10 +117,15 @@ class Client:
         return future
 
     def open_stream(self) -> Stream:
-        stream = Stream(self, self._next_id)
-        self._next_id += 1
+        stream = Stream(self, self._new_id())
         self._streams[stream.id] = stream
         return stream
+
+    def _new_id(self) -> int:
+        """Request and stream ids share one sequence, so a record's id names one thing."""
+        rid = self._next_id
+        self._next_id += 1
+        return rid
 
     def _enqueue(self, record: Record) -> None:
         if not self._outbox:
@@ -130,28 +143,33 @@ class Client:
         while True:
             frame = await self._sock.recv(copy=True)
             try:
-                kind, _, records = unpack(frame)
+                kind, aux, records = unpack(frame)
             except MalformedFrame as e:
                 log.error("core_frame_malformed", error=str(e))
                 continue
-            if kind == Kind.PUSH:
-                for sid, _, body in records:
-                    stream = self._streams.get(sid)
-                    if stream is not None:
-                        stream._push(body)
-                continue
-            if kind != Kind.RESULT:
-                continue
+            self._on_frame(kind, aux, records)
+
+    def _on_frame(self, kind: int, aux: int, records: list[Record]) -> None:
+        if kind == Kind.PUSH:
+            for sid, _, body in records:
+                stream = self._streams.get(sid)
+                if stream is not None:
+                    stream._push(body)
+        elif kind == Kind.RESULT:
             for rid, status, body in records:
-                entry = self._pending.pop(rid, None)
-                if entry is None or entry[0].done():
-                    continue
-                if status == 0:
-                    entry[0].set_result(body)
-                else:
-                    text = body.decode(errors="replace")
-                    log.warning("request_failed", request_id=rid, code=errors.Code(status).name, error=text)
-                    entry[0].set_exception(errors.EtcdError(errors.Code(status), text))
+                self._resolve(rid, status, body)
+
+    def _resolve(self, rid: int, status: int, body: bytes) -> None:
+        """Answer the call waiting for ``rid``: its response, or the error the status and text say."""
+        entry = self._pending.pop(rid, None)
+        if entry is None or entry[0].done():
+            return
+        if status == 0:
+            entry[0].set_result(body)
+        else:
+            text = body.decode(errors="replace")
+            log.warning("request_failed", request_id=rid, code=errors.Code(status).name, error=text)
+            entry[0].set_exception(errors.EtcdError(errors.Code(status), text))
 
     async def _expire(self) -> None:
         """Fail calls the core never answered (it restarted, or a leader was lost) with etcd's timeout.

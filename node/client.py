@@ -24,7 +24,6 @@ import contextlib
 import functools
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -34,12 +33,12 @@ import zmq.asyncio
 
 from actors import errors
 from actors.proto import kv_pb2, rpc_pb2
-from actors.protocol import Kind, MalformedFrame, Method, Record, pack, unpack
+from actors.protocol import Kind, Method, Record, pack
+from node import api
 
 log = structlog.get_logger()
 
 DEFAULT_URL = "tcp://127.0.0.1:2390"
-HEARTBEAT = 1.0  # seconds between the client's heartbeat frames (the server forgets peers after 10 s)
 MAX_FRAME = 4 << 20  # bytes of records per outgoing frame; the server refuses frames over 16 MiB
 
 T = TypeVar("T")
@@ -221,38 +220,35 @@ class KeepAlive:
         loop.call_soon_threadsafe(self._task.cancel)
 
 
-class AsyncClient:
-    """Pipelined client of one cairn node's native ZeroMQ port (a DEALER socket)."""
+class AsyncClient(api.Client):
+    """Pipelined client of one cairn node's native ZeroMQ port.
+
+    The frontends' own client of the core (:class:`node.api.Client`: the same envelope, batching,
+    heartbeats and timeouts), plus what a remote client needs: a fixed routing id, session
+    tracking with watch resume, and etcd-shaped methods.
+    """
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
-        self.url = url
-        self.timeout = timeout
-        self._sock: zmq.asyncio.Socket | None = None
-        self._next_id = 1
-        self._pending: dict[int, tuple[asyncio.Future[bytes], float]] = {}
-        self._outbox: list[Record] = []
+        options = {
+            zmq.ROUTING_ID: b"cairn-" + os.urandom(10),  # the server keeps our streams on reconnect
+            zmq.RECONNECT_IVL: 100,
+            zmq.RECONNECT_IVL_MAX: 1000,
+            zmq.HEARTBEAT_IVL: 1000,  # ZMTP pings find a dead TCP connection
+            zmq.HEARTBEAT_TIMEOUT: 5000,
+        }
+        super().__init__(url, timeout, zmq.asyncio.Context.instance(), options)
         self._watches: dict[int, Watch] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self._session: int | None = None
         self._connected: asyncio.Event | None = None
+        self._closed = False
 
     # -- plumbing ------------------------------------------------------------------------------------
     async def connect(self) -> None:
-        """Open the socket and wait for the server's first answer (operations call this themselves)."""
+        """Wait for the server's first answer (operations call this themselves)."""
         if self._connected is None:
             self._connected = asyncio.Event()
-            sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            # one routing id for the socket's lifetime, so the server keeps our streams on reconnect
-            sock.setsockopt(zmq.ROUTING_ID, b"cairn-" + os.urandom(10))
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-            sock.connect(self.url)
-            self._sock = sock
-            self._tasks += [asyncio.create_task(self._receive()), asyncio.create_task(self._heartbeat())]
-            self._send([])
+            await self.start()
+            self._send_frame(pack(Kind.REQUEST, []))  # a heartbeat: the answer carries our session
         if not self._connected.is_set():
             try:
                 await asyncio.wait_for(self._connected.wait(), self.timeout)
@@ -263,80 +259,45 @@ class AsyncClient:
 
     async def call(self, method: int, request: bytes) -> bytes:
         """Send one request (a serialized etcd message); return the serialized response."""
+        if self._closed:
+            raise errors.STOPPED.copy()
         if self._connected is None or not self._connected.is_set():
             await self.connect()
-        if self._sock is None:
-            raise errors.STOPPED.copy()
-        rid = self._new_id()
-        future = asyncio.get_running_loop().create_future()
-        self._pending[rid] = (future, time.monotonic() + self.timeout)
-        self._enqueue((rid, method, request))
-        return await future
-
-    def _new_id(self) -> int:
-        rid = self._next_id
-        self._next_id += 1
-        return rid
-
-    def _enqueue(self, record: Record) -> None:
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.append(record)
+        return await self.submit(method, request)
 
     def _flush(self) -> None:
+        """Like the base class, but at most about MAX_FRAME bytes per frame."""
         records, self._outbox = self._outbox, []
         start, size = 0, 0
         for i, record in enumerate(records):
             size += len(record[2]) + 13
             if size > MAX_FRAME and i > start:
-                self._send(records[start:i])
+                self._send_frame(pack(Kind.REQUEST, records[start:i]))
                 start, size = i, len(record[2]) + 13
-        self._send(records[start:])
+        self._send_frame(pack(Kind.REQUEST, records[start:]))
 
-    def _send(self, records: list[Record]) -> None:
-        if self._sock is not None:
-            self._sock.send(pack(Kind.REQUEST, records), copy=False)
-
-    async def _receive(self) -> None:
-        assert self._sock is not None and self._connected is not None
-        while True:
-            frame = await self._sock.recv()
-            try:
-                kind, session, records = unpack(frame)
-            except MalformedFrame as e:
-                log.warning("zmq_client_frame_malformed", error=str(e))
-                continue
-            if session != self._session:
-                if self._session is not None:
-                    log.info("zmq_client_session_changed", url=self.url, watches=len(self._watches))
-                    self._resume_watches()
-                self._session = session
-                self._connected.set()
-            if kind == Kind.PUSH:
-                for sid, _, body in records:
-                    watch = self._watches.get(sid)
-                    if watch is not None:
-                        watch._on_response(rpc_pb2.WatchResponse.FromString(body))
-            elif kind == Kind.RESULT:
-                for rid, status, body in records:
-                    self._on_result(rid, status, body)
-
-    def _on_result(self, rid: int, status: int, body: bytes) -> None:
-        entry = self._pending.pop(rid, None)
-        if entry is None:
-            watch = self._watches.get(rid)
-            if watch is not None:  # the server refused a watch stream
-                watch._fail(errors.EtcdError(errors.Code(status), body.decode(errors="replace")))
-            elif rid == 0:
-                log.warning("zmq_client_frame_refused", error=body.decode(errors="replace"))
-            return
-        future = entry[0]
-        if future.done():
-            return
-        if status == 0:
-            future.set_result(body)
-        else:
-            future.set_exception(errors.EtcdError(errors.Code(status), body.decode(errors="replace")))
+    def _on_frame(self, kind: int, aux: int, records: list[Record]) -> None:
+        assert self._connected is not None
+        if aux != self._session:  # aux is our session number on the server
+            if self._session is not None:
+                log.info("zmq_client_session_changed", url=self.url, watches=len(self._watches))
+                self._resume_watches()
+            self._session = aux
+            self._connected.set()
+        if kind == Kind.PUSH:
+            for sid, _, body in records:
+                watch = self._watches.get(sid)
+                if watch is not None:
+                    watch._on_response(rpc_pb2.WatchResponse.FromString(body))
+        elif kind == Kind.RESULT:
+            for rid, status, body in records:
+                watch = self._watches.get(rid)
+                if watch is not None:  # the server refused a watch stream
+                    watch._fail(errors.EtcdError(errors.Code(status), body.decode(errors="replace")))
+                elif rid == 0:
+                    log.warning("zmq_client_frame_refused", error=body.decode(errors="replace"))
+                else:
+                    self._resolve(rid, status, body)
 
     def _resume_watches(self) -> None:
         """The server forgot us: re-create every watch from the revision after its last event."""
@@ -344,33 +305,16 @@ class AsyncClient:
             self._enqueue((watch.id, Method.WATCH_CLOSE, b""))
             self._enqueue((watch.id, Method.WATCH, watch._request()))
 
-    async def _heartbeat(self) -> None:
-        """A frame every second keeps the server from forgetting us; late calls fail with a timeout."""
-        while True:
-            await asyncio.sleep(HEARTBEAT)
-            self._send([])
-            now = time.monotonic()
-            for rid in [rid for rid, (_, deadline) in self._pending.items() if deadline < now]:
-                future, _ = self._pending.pop(rid)
-                if not future.done():
-                    future.set_exception(errors.TIMEOUT.copy())
-
     def _drop_watch(self, watch: Watch) -> None:
-        if self._watches.pop(watch.id, None) is not None:
+        if self._watches.pop(watch.id, None) is not None and not self._closed:
             self._enqueue((watch.id, Method.WATCH_CLOSE, b""))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for future, _ in self._pending.values():
-            if not future.done():
-                future.set_exception(errors.STOPPED.copy())
-        self._pending.clear()
-        for watch in list(self._watches.values()):
-            await watch.close()
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        if not self._closed:
+            for watch in list(self._watches.values()):
+                await watch.close()
+            self._closed = True
+            await super().close()
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -459,6 +403,7 @@ class AsyncClient:
 
     async def keep_alive(self, lease_id: int) -> KeepAlive:
         """Keep ``lease_id`` alive in the background until ``stop()``."""
+        await self.connect()
         return KeepAlive(self, lease_id)
 
     async def lease_time_to_live(
@@ -541,6 +486,11 @@ def blocking(method: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     return call
 
 
+async def _open(url: str, timeout: float) -> AsyncClient:
+    """An :class:`AsyncClient` made on the loop that will run it (its socket belongs there)."""
+    return AsyncClient(url, timeout)
+
+
 class SyncWatch:
     """A watch for blocking code: iterate it, or ``get(timeout)``; ``close()`` ends it."""
 
@@ -574,7 +524,7 @@ class Client:
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
         self._runner = LoopThread()
-        self._target = AsyncClient(url, timeout)
+        self._target = self._runner.run(_open(url, timeout))
 
     connect = blocking(AsyncClient.connect)
     call = blocking(AsyncClient.call)

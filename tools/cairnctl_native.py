@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     # the client logs reconnects; on a terminal they belong on stderr, below the output
     structlog.configure(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),  # cairnctl says what failed
     )
     with Client(args.zmq or DEFAULT_URL, timeout=args.timeout) as client:
         if args.command == "queue":
