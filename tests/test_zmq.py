@@ -12,6 +12,8 @@ import base64
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 import zmq
-from servers import Server
+from servers import REPO, Server
 from zmq_servers import ZmqNode
 
 from actors.errors import EtcdError
@@ -294,3 +296,28 @@ def test_a_stalled_watcher_loses_nothing(node: ZmqNode) -> None:
         assert seen == sorted(set(seen)) and len(seen) == 2000
     finally:
         sock.close(linger=0)
+
+
+def test_cairnctl_watch_prints_changes(node: ZmqNode, client: Client) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "tools.cairnctl",
+        "--zmq",
+        node.url,
+        "watch",
+        "/cw/",
+        "--prefix",
+        "--rev",
+        "2",
+    ]
+    client.put("/cw/a", "1")  # revision 2: from history
+    watcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline() == "PUT /cw/a 1  (revision 2)\n"
+        client.delete("/cw/a")
+        assert watcher.stdout.readline() == "DELETE /cw/a  (revision 3)\n"
+    finally:
+        watcher.terminate()
+        watcher.wait(10)

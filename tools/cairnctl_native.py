@@ -66,11 +66,10 @@ def run_watch(client: Client, args: argparse.Namespace) -> int:
         try:
             for event in watch:
                 kv = event.kv
-                print(
-                    f"{EVENT_NAMES.get(event.type, event.type)} {kv.key.decode(errors='backslashreplace')} "
-                    f"{kv.value.decode(errors='backslashreplace')}  (revision {kv.mod_revision})",
-                    flush=True,
-                )
+                line = f"{EVENT_NAMES.get(event.type, event.type)} {kv.key.decode(errors='backslashreplace')}"
+                if event.type == 0:
+                    line += " " + kv.value.decode(errors="backslashreplace")
+                print(f"{line}  (revision {kv.mod_revision})", flush=True)
         except KeyboardInterrupt:
             pass
     return 0
