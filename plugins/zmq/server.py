@@ -164,6 +164,8 @@ class ZmqFrontend:
         log.info("zmq_serving", url=self.url)
 
     async def stop(self, grace: float) -> None:
+        """Take no new requests, answer those in flight (for up to ``grace`` s), then close."""
+        self.tasks[0].cancel()  # the receiver
         deadline = time.monotonic() + grace
         while any(p.in_flight or p.backlog for p in self.peers.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
