@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 import structlog
 import zmq
-import zmq.asyncio
 
 from actors import errors
 from actors.proto import kv_pb2, rpc_pb2
@@ -236,7 +235,7 @@ class AsyncClient(api.Client):
             zmq.HEARTBEAT_IVL: 1000,  # ZMTP pings find a dead TCP connection
             zmq.HEARTBEAT_TIMEOUT: 5000,
         }
-        super().__init__(url, timeout, zmq.asyncio.Context.instance(), options)
+        super().__init__(url, timeout, options=options)
         self._watches: dict[int, Watch] = {}
         self._session: int | None = None
         self._connected: asyncio.Event | None = None
@@ -314,7 +313,10 @@ class AsyncClient(api.Client):
             for watch in list(self._watches.values()):
                 await watch.close()
             self._closed = True
-            await super().close()
+            if self._connected is None:  # never started: only the socket to close
+                self._sock.close(linger=0)
+            else:
+                await super().close()
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
