@@ -28,7 +28,6 @@ from collections import deque
 
 import structlog
 import zmq
-import zmq.asyncio
 from google.protobuf.message import DecodeError
 
 from actors import errors
@@ -133,17 +132,20 @@ class ZmqFrontend:
         self.max_in_flight = int(_positive(settings, "max-in-flight", 10000))
         self.max_streams = int(_positive(settings, "max-streams", 1000))
         self.client: Client | None = None
-        self.sock: zmq.asyncio.Socket | None = None
+        self.sock: zmq.Socket | None = None
         self.peers: dict[bytes, Peer] = {}
         self.dirty: set[bytes] = set()
         self.flush_scheduled = False
         # sessions start from a random base, so a restarted server never reuses a number
         self.next_session = secrets.randbits(62) << 1 | 1
         self.tasks: list[asyncio.Task[None]] = []
+        self.loop: asyncio.AbstractEventLoop  # the loop `start` ran in
 
     async def start(self, client: Client) -> None:
         self.client = client
-        sock = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
+        # a plain socket watched with add_reader, as node.api.Client does: zmq.asyncio's futures
+        # would cost more than the relay itself
+        sock = zmq.Context.instance().socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or vanished peer is an error, not a silent drop
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its routing id takes over
@@ -160,12 +162,16 @@ class ZmqFrontend:
             raise ConfigError(f"plugins.zmq.listen: cannot bind {self.url}: {e}") from None
         self.sock = sock
         self.url = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._sweep())]
+        self.loop = loop = asyncio.get_running_loop()
+        loop.add_reader(sock.getsockopt(zmq.FD), self._receive)
+        loop.call_soon(self._receive)  # the FD is edge-triggered: take what came before we watched
+        self.tasks = [asyncio.create_task(self._sweep())]
         log.info("zmq_serving", url=self.url)
 
     async def stop(self, grace: float) -> None:
         """Take no new requests, answer those in flight (for up to ``grace`` s), then close."""
-        self.tasks[0].cancel()  # the receiver
+        assert self.sock is not None
+        self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
         deadline = time.monotonic() + grace
         while any(p.in_flight or p.backlog for p in self.peers.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -174,20 +180,19 @@ class ZmqFrontend:
         for identity in list(self.peers):
             self._forget(identity)
         await asyncio.sleep(0)  # let the client send the streams' closes before it is closed
-        if self.sock is not None:
-            self.sock.close(linger=0)
+        self.sock.close(linger=0)
 
     # -- receiving -----------------------------------------------------------------------------------
-    async def _receive(self) -> None:
-        assert self.sock is not None
+    def _receive(self) -> None:
+        """Take what is waiting (the loop calls this when the socket's FD signals), a turn's worth
+        at a time so that one busy client cannot keep the others waiting."""
         sock = self.sock
-        while True:
-            self._handle(await sock.recv_multipart(copy=True))
-            for _ in range(RECV_BATCH):
-                more = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
-                if more.exception() is not None:  # zmq.Again: nothing more queued
-                    break
-                self._handle(more.result())
+        assert sock is not None
+        for _ in range(RECV_BATCH):
+            if sock.closed or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            self._handle(sock.recv_multipart(zmq.NOBLOCK))
+        self.loop.call_soon(self._receive)
 
     def _handle(self, message: list[bytes]) -> None:
         """One peer's message; a bug it triggers is logged and answered, never fatal to the others."""
@@ -308,7 +313,7 @@ class ZmqFrontend:
         self.dirty.add(peer.identity)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """One RESULT and one PUSH frame per peer per turn, however many records they carry."""
@@ -331,23 +336,24 @@ class ZmqFrontend:
         assert self.sock is not None
         if peer.retry is not None:  # blocked: the scheduled retry will send, in order
             return
-        while peer.backlog:
-            sent = self.sock.send_multipart([peer.identity, peer.backlog[0]], flags=zmq.NOBLOCK, copy=False)
-            error = sent.exception()
-            if error is None:
+        try:
+            while peer.backlog:
+                self.sock.send_multipart([peer.identity, peer.backlog[0]], zmq.NOBLOCK, copy=False)
                 peer.backlog.popleft()
                 peer.retry_delay = SEND_RETRY / 2
-                continue
-            if isinstance(error, zmq.Again):  # the peer does not read fast enough: try again soon
-                if len(peer.backlog) >= BACKLOG_FRAMES:
-                    peer.writable.clear()
-                peer.retry_delay = min(peer.retry_delay * 2, MAX_SEND_RETRY)
-                peer.retry = asyncio.get_running_loop().call_later(peer.retry_delay, self._retry, peer)
-                return
-            log.info("zmq_peer_unreachable", peer=peer.identity.hex(), error=str(error))
+            peer.writable.set()
+        except zmq.Again:  # the peer does not read fast enough: try again soon
+            if len(peer.backlog) >= BACKLOG_FRAMES:
+                peer.writable.clear()
+            peer.retry_delay = min(peer.retry_delay * 2, MAX_SEND_RETRY)
+            peer.retry = self.loop.call_later(peer.retry_delay, self._retry, peer)
+        except zmq.ZMQError as e:  # EHOSTUNREACH: the peer is not connected (ROUTER_MANDATORY)
+            log.info("zmq_peer_unreachable", peer=peer.identity.hex(), error=str(e))
             self._forget(peer.identity)
-            return
-        peer.writable.set()
+        finally:
+            # any operation on the socket may consume the FD's edge for input that is waiting
+            if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self.loop.call_soon(self._receive)
 
     def _retry(self, peer: Peer) -> None:
         peer.retry = None
