@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -226,6 +227,10 @@ class AsyncClient(api.Client):
     heartbeats and timeouts), plus what a remote client needs: a fixed routing id, session
     tracking with watch resume, and etcd-shaped methods.
     """
+
+    # in an application, per-request debug events and warnings for errors it is handed anyway
+    # would only be noise (structlog prints every level unless configured otherwise)
+    _log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
         options = {
