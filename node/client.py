@@ -154,6 +154,7 @@ class Watch:
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
+        self.closed = True  # the error is the last item: iteration ends after it
         self.created.set()
         self._events.put_nowait(error)
         self.client._drop_watch(self)
@@ -284,7 +285,7 @@ class AsyncClient(api.Client):
         assert self._connected is not None
         if aux != self._session:  # aux is our session number on the server
             if self._session is not None:
-                log.info("zmq_client_session_changed", url=self.url, watches=len(self._watches))
+                self._log.info("zmq_client_session_changed", url=self.url, watches=len(self._watches))
                 self._resume_watches()
             self._session = aux
             self._connected.set()
