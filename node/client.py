@@ -272,14 +272,19 @@ class AsyncClient(api.Client):
 
     def _flush(self) -> None:
         """Like the base class, but at most about MAX_FRAME bytes per frame."""
-        records, self._outbox = self._outbox, []
-        start, size = 0, 0
-        for i, record in enumerate(records):
-            size += len(record[2]) + 13
-            if size > MAX_FRAME and i > start:
-                self._send_frame(pack(Kind.REQUEST, records[start:i]))
-                start, size = i, len(record[2]) + 13
-        self._send_frame(pack(Kind.REQUEST, records[start:]))
+        for kind in (Kind.REQUEST, Kind.TOKEN_REQUEST):
+            if kind == Kind.REQUEST:
+                records, self._outbox = self._outbox, []
+            else:
+                records, self._token_outbox = self._token_outbox, []
+            start, size = 0, 0
+            for i, record in enumerate(records):
+                size += len(record[2]) + 13
+                if size > MAX_FRAME and i > start:
+                    self._send_frame(pack(kind, records[start:i]))
+                    start, size = i, len(record[2]) + 13
+            if start < len(records):
+                self._send_frame(pack(kind, records[start:]))
 
     def _on_frame(self, kind: int, aux: int, records: list[Record]) -> None:
         assert self._connected is not None
