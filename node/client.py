@@ -233,7 +233,7 @@ class AsyncClient(api.Client):
     # would only be noise (structlog prints every level unless configured otherwise)
     _log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0, token: str | None = None) -> None:
         options = {
             zmq.ROUTING_ID: b"cairn-" + os.urandom(10),  # the server keeps our streams on reconnect
             zmq.RECONNECT_IVL: 100,
@@ -246,6 +246,7 @@ class AsyncClient(api.Client):
         self._session: int | None = None
         self._connected: asyncio.Event | None = None
         self._closed = False
+        self.token = token  # an auth token (from :meth:`authenticate`) sent with every request
 
     # -- plumbing ------------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -268,7 +269,7 @@ class AsyncClient(api.Client):
             raise errors.STOPPED.copy()
         if self._connected is None or not self._connected.is_set():
             await self.connect()
-        return await self.submit(method, request)
+        return await self.submit(method, request, self.token)
 
     def _flush(self) -> None:
         """Like the base class, but at most about MAX_FRAME bytes per frame."""
@@ -313,7 +314,7 @@ class AsyncClient(api.Client):
         """The server forgot us: re-create every watch from the revision after its last event."""
         for watch in self._watches.values():
             self._enqueue((watch.id, Method.WATCH_CLOSE, b""))
-            self._enqueue((watch.id, Method.WATCH, watch._request()))
+            self._enqueue((watch.id, Method.WATCH, watch._request()), self.token)
 
     def _drop_watch(self, watch: Watch) -> None:
         if self._watches.pop(watch.id, None) is not None and not self._closed:
@@ -430,6 +431,14 @@ class AsyncClient(api.Client):
         body = await self.call(Method.LEASE_LEASES, rpc_pb2.LeaseLeasesRequest().SerializeToString())
         return rpc_pb2.LeaseLeasesResponse.FromString(body)
 
+    # -- auth ----------------------------------------------------------------------------------------
+    async def authenticate(self, name: str, password: str) -> rpc_pb2.AuthenticateResponse:
+        """Log in: later requests carry the token (when the node has auth enabled)."""
+        request = rpc_pb2.AuthenticateRequest(name=name, password=password).SerializeToString()
+        response = rpc_pb2.AuthenticateResponse.FromString(await self.call(Method.AUTHENTICATE, request))
+        self.token = response.token
+        return response
+
     # -- cluster -------------------------------------------------------------------------------------
     async def status(self) -> rpc_pb2.StatusResponse:
         return rpc_pb2.StatusResponse.FromString(await self.call(Method.STATUS, b""))
@@ -461,7 +470,7 @@ class AsyncClient(api.Client):
         )
         watch = Watch(self, self._new_id(), create)
         self._watches[watch.id] = watch
-        self._enqueue((watch.id, Method.WATCH, watch._request()))
+        self._enqueue((watch.id, Method.WATCH, watch._request()), self.token)
         try:
             await asyncio.wait_for(watch.created.wait(), self.timeout)
         except TimeoutError:
@@ -499,9 +508,9 @@ def blocking(method: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     return call
 
 
-async def _open(url: str, timeout: float) -> AsyncClient:
+async def _open(url: str, timeout: float, token: str | None) -> AsyncClient:
     """An :class:`AsyncClient` made on the loop that will run it (its socket belongs there)."""
-    return AsyncClient(url, timeout)
+    return AsyncClient(url, timeout, token)
 
 
 class SyncWatch:
@@ -535,9 +544,9 @@ class SyncWatch:
 class Client:
     """The blocking client: the same methods as :class:`AsyncClient`, each waiting for its answer."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0, token: str | None = None) -> None:
         self._runner = LoopThread()
-        self._target = self._runner.run(_open(url, timeout))
+        self._target = self._runner.run(_open(url, timeout, token))
 
     connect = blocking(AsyncClient.connect)
     call = blocking(AsyncClient.call)
@@ -553,6 +562,7 @@ class Client:
     keep_alive = blocking(AsyncClient.keep_alive)
     lease_time_to_live = blocking(AsyncClient.lease_time_to_live)
     leases = blocking(AsyncClient.leases)
+    authenticate = blocking(AsyncClient.authenticate)
     status = blocking(AsyncClient.status)
     member_list = blocking(AsyncClient.member_list)
 

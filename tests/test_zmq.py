@@ -321,3 +321,23 @@ def test_cairnctl_watch_prints_changes(node: ZmqNode, client: Client) -> None:
     finally:
         watcher.terminate()
         watcher.wait(10)
+
+
+def test_auth_tokens_travel_with_native_requests(node: ZmqNode, client: Client) -> None:
+    """With auth on, the native client is refused as etcdctl is, until it authenticates."""
+    node.server.etcdctl("user", "add", "root:rootpw")
+    node.server.etcdctl("auth", "enable")
+    anonymous = node.server.etcdctl("put", "/a/k", "v", check=False)
+    with pytest.raises(EtcdError) as refused:
+        client.put("/a/k", "v")
+    assert refused.value.message in anonymous.stderr
+    wrong = node.server.etcdctl("--user", "root:nope", "get", "/a/k", check=False)
+    with pytest.raises(EtcdError) as failed:
+        client.authenticate("root", "nope")
+    assert failed.value.message in wrong.stderr
+    assert client.authenticate("root", "rootpw").token
+    with client.watch("/a/", prefix=True) as watch:
+        revision = client.put("/a/k", "v").header.revision
+        assert watch.get(10).kv.mod_revision == revision
+    seen = node.server.etcdctl("--user", "root:rootpw", "get", "/a/k", "--print-value-only").stdout
+    assert seen == "v\n"

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 
 from actors import errors
 from actors.proto import rpc_pb2
-from actors.protocol import Kind, MalformedFrame, Method, Record, pack, unpack
+from actors.protocol import AUTH_RPCS, Kind, MalformedFrame, Method, Record, decode_with_token, pack, unpack
 from node.api import Client, Stream
 from node.config import ConfigError
 
@@ -55,6 +55,7 @@ UNARY_METHODS = frozenset(
         Method.LEASE_LEASES,
         Method.STATUS,
         Method.MEMBER_LIST,
+        *AUTH_RPCS.values(),
     }
 )
 
@@ -230,7 +231,7 @@ class ZmqFrontend:
             log.warning("zmq_frame_malformed", peer=identity.hex(), error=str(e))
             self._reply(peer, frame_error(f"cairn: malformed frame: {e}"))
             return
-        if kind != Kind.REQUEST:
+        if kind != Kind.REQUEST and kind != Kind.TOKEN_REQUEST:
             log.warning("zmq_frame_malformed", peer=identity.hex(), error="kind", kind=kind)
             self._reply(peer, frame_error(f"cairn: unknown frame kind {kind}"))
             return
@@ -238,21 +239,30 @@ class ZmqFrontend:
             peer.wants_reply = True  # a heartbeat
             self._mark(peer)
         for rid, method, body in records:
+            token = None
+            if kind == Kind.TOKEN_REQUEST:
+                try:
+                    token, body = decode_with_token(body)
+                except MalformedFrame as e:
+                    self._reply(
+                        peer, (rid, errors.Code.INVALID_ARGUMENT, f"cairn: malformed frame: {e}".encode())
+                    )
+                    continue
             if method in UNARY_METHODS:
-                self._call(peer, rid, method, body)
+                self._call(peer, rid, method, body, token)
             elif method == Method.WATCH or method == Method.WATCH_CLOSE:
-                self._stream(peer, rid, method, body)
+                self._stream(peer, rid, method, body, token)
             else:
                 log.warning("zmq_unknown_method", peer=identity.hex(), method=method)
                 self._reply(peer, (rid, errors.Code.UNIMPLEMENTED, f"unknown method {method}".encode()))
 
-    def _call(self, peer: Peer, rid: int, method: int, body: bytes) -> None:
+    def _call(self, peer: Peer, rid: int, method: int, body: bytes, token: str | None) -> None:
         if peer.in_flight >= self.max_in_flight:
             self._reply(peer, error_record(rid, errors.TOO_MANY_REQUESTS))
             return
         assert self.client is not None
         peer.in_flight += 1
-        future = self.client.submit(method, body)
+        future = self.client.submit(method, body, token)
         future.add_done_callback(lambda f: self._answered(peer, rid, f))
 
     def _answered(self, peer: Peer, rid: int, future: asyncio.Future[bytes]) -> None:
@@ -270,7 +280,8 @@ class ZmqFrontend:
             self._reply(peer, error_record(rid, errors.EtcdError(errors.Code.INTERNAL, str(error))))
 
     # -- watch streams -------------------------------------------------------------------------------
-    def _stream(self, peer: Peer, sid: int, method: int, body: bytes) -> None:
+    def _stream(self, peer: Peer, sid: int, method: int, body: bytes, token: str | None) -> None:
+        """Watch stream records; a stream runs with the token of the record that opened it."""
         stream = peer.streams.get(sid)
         if method == Method.WATCH_CLOSE:
             if stream is not None:
@@ -286,7 +297,7 @@ class ZmqFrontend:
                 self._reply(peer, error_record(sid, errors.TOO_MANY_REQUESTS))
                 return
             assert self.client is not None
-            stream = peer.streams[sid] = self.client.open_stream()
+            stream = peer.streams[sid] = self.client.open_stream(token)
             peer.pumps[sid] = asyncio.create_task(self._pump(peer, sid, stream))
         stream.send(body)
 
