@@ -10,6 +10,7 @@ text, which clients (etcdctl, clientv3) turn into their typed errors.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,8 @@ from actors.errors import EtcdError
 from actors.protocol import Method
 from node.api import Client
 from node.config import NodeConfig
+from plugins.grpc.election import ElectionService
+from plugins.grpc.lock import LockService
 
 log = structlog.get_logger()
 
@@ -47,15 +50,35 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
+ServerStreamHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
 def forward(client: Client, method: Method) -> Handler:
+    return unary(functools.partial(client.call, method))
+
+
+def unary(call: Callable[[bytes], Awaitable[bytes]]) -> Handler:
+    """A unary method answered by ``call``; its EtcdError becomes etcd's gRPC status and text."""
+
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return await client.call(method, request)
+            return await call(request)
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
+
+    return handler
+
+
+def server_stream(call: Callable[[bytes], AsyncIterator[bytes]]) -> ServerStreamHandler:
+    """A server-streaming method (Election.Observe): the responses ``call`` yields, then its error."""
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        try:
+            async for response in call(request):
+                yield response
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode[e.code.name], e.message)
 
     return handler
 
@@ -100,6 +123,24 @@ def watch_stream(client: Client) -> StreamHandler:
             stream.close()
 
     return handler
+
+
+def recipe_handlers(client: Client) -> list[grpc.GenericRpcHandler]:
+    """The v3lock and v3election services, which run here on top of the core's KV, lease and watch."""
+    locks, elections = LockService(client), ElectionService(client)
+    lock = {
+        "Lock": grpc.unary_unary_rpc_method_handler(unary(locks.lock)),
+        "Unlock": grpc.unary_unary_rpc_method_handler(unary(locks.unlock)),
+    }
+    election = {
+        name: grpc.unary_unary_rpc_method_handler(unary(getattr(elections, name.lower())))
+        for name in ("Campaign", "Proclaim", "Leader", "Resign")
+    }
+    election["Observe"] = grpc.unary_stream_rpc_method_handler(server_stream(elections.observe))
+    return [
+        grpc.method_handlers_generic_handler("v3lockpb.Lock", lock),
+        grpc.method_handlers_generic_handler("v3electionpb.Election", election),
+    ]
 
 
 def shares_client_port(config: NodeConfig) -> bool:
@@ -163,6 +204,7 @@ class GrpcFrontend:
             handlers.append(grpc.method_handlers_generic_handler(service, table))
         watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
         handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))
+        handlers.extend(recipe_handlers(client))
         server.add_generic_rpc_handlers(handlers)
         checker = health.aio.HealthServicer()
         await checker.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,189 @@
+"""etcd's v3election service (Campaign, Proclaim, Leader, Observe, Resign), served in the frontend.
+
+A candidate puts ``<name>/<lease hex>`` holding its proclamation on its lease and waits in line by
+create revision (:mod:`plugins.grpc.waitline`); the leader is the key with the lowest create
+revision, and its ``LeaderKey`` (key + create revision) is what Proclaim and Resign are guarded by.
+Observe streams the leader's value each time it is proclaimed, and each new leader in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+
+from actors.errors import Code, EtcdError
+from actors.proto import kv_pb2, rpc_pb2, v3election_pb2
+from node.api import Client
+from plugins.grpc.waitline import (
+    DELETE,
+    PUT,
+    SessionExpired,
+    Watch,
+    created_at,
+    owner_range,
+    parse,
+    prefix_of,
+    prefix_range_end,
+    range_kv,
+    release,
+    release_later,
+    session_key,
+    session_lease,
+    txn,
+    unknown,
+    wait_for_turn,
+)
+
+log = structlog.get_logger()
+
+# etcd's texts (v3election.ErrMissingLeaderKey, concurrency.ErrElectionNotLeader / NoLeader)
+MISSING_LEADER = EtcdError(Code.UNKNOWN, '"leader" field must be provided')
+NOT_LEADER = EtcdError(Code.UNKNOWN, "election: not leader")
+NO_LEADER = EtcdError(Code.UNKNOWN, "election: no leader")
+
+Leadership = tuple[rpc_pb2.ResponseHeader, kv_pb2.KeyValue]
+
+
+class ElectionService:
+    """The Election methods on serialized v3electionpb messages; errors as etcd words them."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    # -- Campaign ----------------------------------------------------------------------------------------
+    async def campaign(self, request: bytes) -> bytes:
+        req = parse(v3election_pb2.CampaignRequest, request)
+        try:
+            return (await self._campaign(req)).SerializeToString()
+        except EtcdError as e:
+            raise unknown(e) from None
+
+    async def _campaign(self, req: v3election_pb2.CampaignRequest) -> v3election_pb2.CampaignResponse:
+        lease = await session_lease(self.client, req.lease)
+        prefix = prefix_of(req.name)
+        key = session_key(prefix, lease)
+        put = rpc_pb2.PutRequest(key=key, value=req.value, lease=lease)
+        answer = await txn(
+            self.client,
+            rpc_pb2.TxnRequest(
+                compare=[created_at(key, 0)],
+                success=[rpc_pb2.RequestOp(request_put=put)],
+                failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key))],
+            ),
+        )
+        rev = answer.header.revision
+        if not answer.succeeded:  # this lease already campaigns: keep its place, update its value
+            kv = answer.responses[0].response_range.kvs[0]
+            rev = kv.create_revision
+            if kv.value != req.value:
+                await self._proclaim(key, rev, lease, req.value)
+        try:
+            await wait_for_turn(self.client, prefix, key, rev)
+        except SessionExpired:
+            log.info("campaign_session_expired", key=key.decode(errors="replace"), rev=rev)
+            raise NOT_LEADER.copy() from None
+        except asyncio.CancelledError:
+            release_later(self.client, key, rev)  # the candidate went away: leave the line
+            raise
+        log.info("campaign_won", key=key.decode(errors="replace"), rev=rev)
+        leader = v3election_pb2.LeaderKey(name=req.name, key=key, rev=rev, lease=lease)
+        return v3election_pb2.CampaignResponse(header=answer.header, leader=leader)
+
+    # -- Proclaim, Resign --------------------------------------------------------------------------------
+    async def proclaim(self, request: bytes) -> bytes:
+        req = parse(v3election_pb2.ProclaimRequest, request)
+        if not req.HasField("leader"):
+            raise MISSING_LEADER.copy()
+        leader = req.leader
+        try:
+            lease = await session_lease(self.client, leader.lease)
+            answer = await self._proclaim(leader.key, leader.rev, lease, req.value)
+        except EtcdError as e:
+            raise unknown(e) from None
+        return v3election_pb2.ProclaimResponse(header=answer.header).SerializeToString()
+
+    async def _proclaim(self, key: bytes, rev: int, lease: int, value: bytes) -> rpc_pb2.TxnResponse:
+        put = rpc_pb2.PutRequest(key=key, value=value, lease=lease)
+        answer = await txn(
+            self.client,
+            rpc_pb2.TxnRequest(compare=[created_at(key, rev)], success=[rpc_pb2.RequestOp(request_put=put)]),
+        )
+        if not answer.succeeded:
+            raise NOT_LEADER.copy()
+        return answer
+
+    async def resign(self, request: bytes) -> bytes:
+        req = parse(v3election_pb2.ResignRequest, request)
+        if not req.HasField("leader"):
+            raise MISSING_LEADER.copy()
+        try:
+            answer = await release(self.client, req.leader.key, req.leader.rev)
+        except EtcdError as e:
+            raise unknown(e) from None
+        if answer.succeeded:
+            log.info("campaign_resigned", key=req.leader.key.decode(errors="replace"), rev=req.leader.rev)
+        return v3election_pb2.ResignResponse(header=answer.header).SerializeToString()
+
+    # -- Leader, Observe ---------------------------------------------------------------------------------
+    async def leader(self, request: bytes) -> bytes:
+        req = parse(v3election_pb2.LeaderRequest, request)
+        try:
+            answer = await range_kv(self.client, owner_range(prefix_of(req.name)))
+        except EtcdError as e:
+            raise unknown(e) from None
+        if not answer.kvs:
+            raise NO_LEADER.copy()
+        return v3election_pb2.LeaderResponse(header=answer.header, kv=answer.kvs[0]).SerializeToString()
+
+    async def observe(self, request: bytes) -> AsyncIterator[bytes]:
+        """Each leader as it is elected and each value it proclaims, in order; the stream ends (as
+        etcd's does) when a watch under it is cancelled, e.g. by a compaction."""
+        req = parse(v3election_pb2.LeaderRequest, request)
+        try:
+            async for header, kv in self._observe(prefix_of(req.name)):
+                yield v3election_pb2.LeaderResponse(header=header, kv=kv).SerializeToString()
+        except EtcdError as e:
+            raise unknown(e) from None
+
+    async def _observe(self, prefix: bytes) -> AsyncIterator[Leadership]:
+        while True:
+            current = await range_kv(self.client, owner_range(prefix))
+            if current.kvs:
+                leadership: Leadership | None = (current.header, current.kvs[0])
+            else:
+                leadership = await self._first_candidate(prefix, current.header.revision)
+            if leadership is None:
+                return
+            yield leadership
+            header, kv = leadership
+            watch_leader = rpc_pb2.WatchCreateRequest(key=kv.key, start_revision=header.revision + 1)
+            async with Watch(self.client, [watch_leader]) as watch:
+                deleted = False
+                while not deleted:
+                    response = await watch.next()
+                    if response.canceled:
+                        return
+                    for event in response.events:
+                        if event.type == DELETE:
+                            deleted = True
+                            break
+                        yield response.header, event.kv
+
+    async def _first_candidate(self, prefix: bytes, rev: int) -> Leadership | None:
+        """The first key put under ``prefix`` from ``rev`` on, at its own revision (None: watch lost)."""
+        candidates = rpc_pb2.WatchCreateRequest(
+            key=prefix, range_end=prefix_range_end(prefix), start_revision=rev
+        )
+        async with Watch(self.client, [candidates]) as watch:
+            while True:
+                response = await watch.next()
+                if response.canceled:
+                    return None
+                for event in response.events:
+                    if event.type == PUT:
+                        header = rpc_pb2.ResponseHeader()
+                        header.CopyFrom(response.header)
+                        header.revision = event.kv.mod_revision
+                        return header, event.kv

@@ -1,0 +1,92 @@
+"""etcd's v3lock service (Lock, Unlock): a mutex held by a lease, served in the frontend process.
+
+Lock puts ``<name>/<lease hex>`` on the request's lease and waits in line by create revision
+(:mod:`plugins.grpc.waitline`); the key it answers with is the holder's, and that key's create
+revision is a fencing token (docs/locks.md). Unlock deletes the key. The REST gateway calls the
+same methods, so both frontends behave alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from actors.errors import Code, EtcdError
+from actors.proto import rpc_pb2, v3lock_pb2
+from actors.protocol import Method
+from node.api import Client
+from plugins.grpc.waitline import (
+    SessionExpired,
+    created_at,
+    owner_range,
+    parse,
+    prefix_of,
+    release_later,
+    session_key,
+    session_lease,
+    txn,
+    unknown,
+    wait_for_turn,
+)
+
+log = structlog.get_logger()
+
+SESSION_EXPIRED = EtcdError(Code.UNKNOWN, "mutex: session is expired")  # clientv3's ErrSessionExpired
+
+
+class LockService:
+    """Lock and Unlock on serialized v3lockpb messages; errors are :class:`EtcdError` as etcd words them."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def lock(self, request: bytes) -> bytes:
+        req = parse(v3lock_pb2.LockRequest, request)
+        try:
+            return (await self._lock(req)).SerializeToString()
+        except EtcdError as e:
+            raise unknown(e) from None
+
+    async def _lock(self, req: v3lock_pb2.LockRequest) -> v3lock_pb2.LockResponse:
+        lease = await session_lease(self.client, req.lease)
+        prefix = prefix_of(req.name)
+        key = session_key(prefix, lease)
+        put = rpc_pb2.PutRequest(key=key, lease=lease)
+        owner = rpc_pb2.RequestOp(request_range=owner_range(prefix))
+        answer = await txn(
+            self.client,
+            rpc_pb2.TxnRequest(
+                compare=[created_at(key, 0)],
+                success=[rpc_pb2.RequestOp(request_put=put), owner],
+                failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key)), owner],
+            ),
+        )
+        rev = answer.header.revision
+        if not answer.succeeded:  # this lease already waits for (or holds) the lock: same place in line
+            rev = answer.responses[0].response_range.kvs[0].create_revision
+        holder = answer.responses[1].response_range.kvs
+        if not holder or holder[0].create_revision == rev:
+            log.info("lock_acquired", key=key.decode(errors="replace"), rev=rev, waited=False)
+            return v3lock_pb2.LockResponse(header=answer.header, key=key)
+        try:
+            header = await wait_for_turn(self.client, prefix, key, rev)
+        except SessionExpired:
+            log.info("lock_session_expired", key=key.decode(errors="replace"), rev=rev)
+            raise SESSION_EXPIRED.copy() from None
+        except (EtcdError, asyncio.CancelledError):
+            release_later(self.client, key, rev)  # leave the line, as etcd's Mutex does on any failure
+            raise
+        log.info("lock_acquired", key=key.decode(errors="replace"), rev=rev, waited=True)
+        return v3lock_pb2.LockResponse(header=header, key=key)
+
+    async def unlock(self, request: bytes) -> bytes:
+        req = parse(v3lock_pb2.UnlockRequest, request)
+        delete = rpc_pb2.DeleteRangeRequest(key=req.key)
+        try:
+            answer = await self.client.call(Method.DELETE_RANGE, delete.SerializeToString())
+        except EtcdError as e:
+            raise unknown(e) from None
+        header = rpc_pb2.DeleteRangeResponse.FromString(answer).header
+        log.info("lock_released", key=req.key.decode(errors="replace"))
+        return v3lock_pb2.UnlockResponse(header=header).SerializeToString()
