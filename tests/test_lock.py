@@ -157,9 +157,10 @@ def test_etcdctl_lock_counter_is_exact(cairn: Server, tmp_path: Path) -> None:
     """Each `etcdctl lock` runs a read-sleep-write of a file: without exclusion updates get lost."""
     counter = tmp_path / "counter"
     counter.write_text("0")
-    step = f"n=$(cat {counter}); sleep 0.01; echo $((n+1)) > {counter}"
+    step = tmp_path / "increment.sh"
+    step.write_text(f"n=$(cat {counter}); sleep 0.01; echo $((n+1)) > {counter}\n")
     etcdctl = f"{ETCDCTL_BIN} --endpoints={cairn.endpoint}"
-    loop = f'for i in $(seq {ROUNDS}); do {etcdctl} lock cnt -- sh -c "{step}" || exit 1; done'
+    loop = f"for i in $(seq {ROUNDS}); do {etcdctl} lock cnt -- sh {step} || exit 1; done"
     workers = [subprocess.Popen(["sh", "-c", loop]) for _ in range(PROCESSES)]
     try:
         assert [w.wait(timeout=500) for w in workers] == [0] * PROCESSES
