@@ -41,8 +41,13 @@ class Node:
                 time.sleep(ttl / 3)
 
         def keep_alive() -> None:
-            for _ in self.channel.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")(beats()):
-                pass
+            while True:
+                try:
+                    for _ in self.channel.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")(beats()):
+                        pass
+                except grpc.RpcError as e:
+                    say(keepalive_error=e.details())
+                    time.sleep(1)
 
         threading.Thread(target=keep_alive, daemon=True).start()
         return lease
@@ -54,7 +59,7 @@ def say(**fields: object) -> None:
 
 def count(node: Node, name: bytes, counter: bytes, times: int) -> None:
     """Read-modify-write under the lock: only mutual exclusion keeps the final count exact."""
-    lease = node.lease(10)
+    lease = node.lease(60)
     for _ in range(times):
         held = node.call(
             "/v3lockpb.Lock/Lock", v3lock_pb2.LockRequest(name=name, lease=lease), v3lock_pb2.LockResponse

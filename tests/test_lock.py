@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from servers import ETCDCTL_BIN, Server
+from servers import ETCDCTL_BIN, Cluster, Server
 
 from actors.proto import rpc_pb2, v3lock_pb2
 
@@ -188,6 +188,28 @@ def test_lock_service_counter_is_exact(cairn: Server) -> None:
     got = call(cairn, "/etcdserverpb.KV/Range", rpc_pb2.RangeRequest(key=b"counter"), rpc_pb2.RangeResponse)
     assert int(got.kvs[0].value) == PROCESSES * ROUNDS
     assert keys(cairn, b"svc/") == []
+
+
+@pytest.mark.timeout(600)
+def test_lock_service_counter_is_exact_across_a_cluster(tmp_path: Path) -> None:
+    """Two counting processes on each member of three: followers forward, watch and read for them."""
+    with Cluster("cairn", 3, tmp_path) as cluster:
+        workers = [
+            subprocess.Popen(
+                [*LOCKCLIENT, m.endpoint, "count", "cl", "counter", "25"], stdout=subprocess.PIPE
+            )
+            for m in cluster.members
+            for _ in range(2)
+        ]
+        try:
+            assert [w.wait(timeout=500) for w in workers] == [0] * len(workers)
+        finally:
+            for w in workers:
+                w.kill()
+                w.communicate()
+        request = rpc_pb2.RangeRequest(key=b"counter")
+        got = call(cluster.members[1], "/etcdserverpb.KV/Range", request, rpc_pb2.RangeResponse)
+        assert int(got.kvs[0].value) == 25 * len(workers)
 
 
 # -- a killed holder: the next waiter gets the lock when its lease has expired, not before ----------------
