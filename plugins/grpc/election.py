@@ -9,6 +9,7 @@ Observe streams the leader's value each time it is proclaimed, and each new lead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
@@ -20,7 +21,6 @@ from plugins.grpc.waitline import (
     DELETE,
     PUT,
     SessionExpired,
-    Watch,
     created_at,
     owner_range,
     parse,
@@ -34,6 +34,7 @@ from plugins.grpc.waitline import (
     txn,
     unknown,
     wait_for_turn,
+    watch_responses,
 )
 
 log = structlog.get_logger()
@@ -158,32 +159,31 @@ class ElectionService:
                 return
             yield leadership
             header, kv = leadership
-            watch_leader = rpc_pb2.WatchCreateRequest(key=kv.key, start_revision=header.revision + 1)
-            async with Watch(self.client, [watch_leader]) as watch:
-                deleted = False
-                while not deleted:
-                    response = await watch.next()
-                    if response.canceled:
-                        return
+            deleted = False
+            leader = rpc_pb2.WatchCreateRequest(key=kv.key, start_revision=header.revision + 1)
+            async with contextlib.aclosing(watch_responses(self.client, leader)) as responses:
+                async for response in responses:
                     for event in response.events:
                         if event.type == DELETE:
                             deleted = True
                             break
                         yield response.header, event.kv
+                    if deleted:
+                        break
+            if not deleted:
+                return  # the watch was cancelled (a compaction): the stream ends, as etcd's does
 
     async def _first_candidate(self, prefix: bytes, rev: int) -> Leadership | None:
         """The first key put under ``prefix`` from ``rev`` on, at its own revision (None: watch lost)."""
         candidates = rpc_pb2.WatchCreateRequest(
             key=prefix, range_end=prefix_range_end(prefix), start_revision=rev
         )
-        async with Watch(self.client, [candidates]) as watch:
-            while True:
-                response = await watch.next()
-                if response.canceled:
-                    return None
+        async with contextlib.aclosing(watch_responses(self.client, candidates)) as responses:
+            async for response in responses:
                 for event in response.events:
                     if event.type == PUT:
                         header = rpc_pb2.ResponseHeader()
                         header.CopyFrom(response.header)
                         header.revision = event.kv.mod_revision
                         return header, event.kv
+        return None

@@ -14,6 +14,7 @@ decides is always a linearizable range, so a lost or duplicated event can delay 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import structlog
@@ -30,7 +31,8 @@ M = TypeVar("M", bound=Message)
 
 SESSION_TTL = 60  # seconds: the lease etcd's server-side session grants when a request names none
 # A watch stream does not survive a restart of the core process, and nothing tells the frontend it
-# was lost: so a waiter also looks again this often. It is a safety net, not the way turns pass.
+# was lost: so a waiter looks again, and an observer's watch is opened again, after this long a
+# silence. It is a safety net, not the way turns pass.
 RECHECK_SECONDS = 10.0
 
 _CREATE = rpc_pb2.RangeRequest.CREATE
@@ -201,3 +203,25 @@ class Watch:
     async def __aexit__(self, *exc: object) -> None:
         assert self.stream is not None
         self.stream.close()
+
+
+async def watch_responses(
+    client: Client, create: rpc_pb2.WatchCreateRequest
+) -> AsyncIterator[rpc_pb2.WatchResponse]:
+    """The responses of one watch (``start_revision`` set) until it is cancelled; after
+    :data:`RECHECK_SECONDS` of silence it is opened again from the revision it got to."""
+    create = rpc_pb2.WatchCreateRequest(
+        start_revision=create.start_revision, key=create.key, range_end=create.range_end
+    )
+    while True:
+        async with Watch(client, [create]) as watch:
+            while True:
+                try:
+                    response = await asyncio.wait_for(watch.next(), RECHECK_SECONDS)
+                except TimeoutError:
+                    break
+                if response.canceled:
+                    return
+                if response.events:
+                    create.start_revision = response.events[-1].kv.mod_revision + 1
+                yield response
