@@ -227,7 +227,8 @@ def etcdctl_script(server: Server) -> list[str]:
     seen.append(finish(listener))
     seen.append(run("get", "k", "-w", "fields"))
     seen = [re.sub(r"/[0-9a-f]{8,16}\b", "/<lease>", s) for s in seen]
-    return [re.sub(r'"(ts|target)":"[^"]*"', r'"\1":_', s) for s in seen]  # etcdctl's own log lines
+    # etcdctl logs a cancelled in-flight call when it is stopped, or not, as the timing falls
+    return [re.sub(r'\{"level":"warn"[^}]*context canceled"\}\\n', "", s) for s in seen]
 
 
 def test_etcdctl_lock_and_elect_print_as_etcd(etcd: Server, cairn: Server) -> None:

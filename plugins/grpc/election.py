@@ -21,7 +21,9 @@ from plugins.grpc.waitline import (
     DELETE,
     PUT,
     SessionExpired,
+    contender,
     created_at,
+    etcd_method,
     owner_range,
     parse,
     prefix_of,
@@ -29,7 +31,6 @@ from plugins.grpc.waitline import (
     range_kv,
     release,
     release_later,
-    session_key,
     session_lease,
     txn,
     unknown,
@@ -54,17 +55,9 @@ class ElectionService:
         self.client = client
 
     # -- Campaign ----------------------------------------------------------------------------------------
-    async def campaign(self, request: bytes) -> bytes:
-        req = parse(v3election_pb2.CampaignRequest, request)
-        try:
-            return (await self._campaign(req)).SerializeToString()
-        except EtcdError as e:
-            raise unknown(e) from None
-
-    async def _campaign(self, req: v3election_pb2.CampaignRequest) -> v3election_pb2.CampaignResponse:
-        lease = await session_lease(self.client, req.lease)
-        prefix = prefix_of(req.name)
-        key = session_key(prefix, lease)
+    @etcd_method(v3election_pb2.CampaignRequest)
+    async def campaign(self, req: v3election_pb2.CampaignRequest) -> v3election_pb2.CampaignResponse:
+        lease, prefix, key = await contender(self.client, req.name, req.lease)
         put = rpc_pb2.PutRequest(key=key, value=req.value, lease=lease)
         answer = await txn(
             self.client,
@@ -93,17 +86,14 @@ class ElectionService:
         return v3election_pb2.CampaignResponse(header=answer.header, leader=leader)
 
     # -- Proclaim, Resign --------------------------------------------------------------------------------
-    async def proclaim(self, request: bytes) -> bytes:
-        req = parse(v3election_pb2.ProclaimRequest, request)
+    @etcd_method(v3election_pb2.ProclaimRequest)
+    async def proclaim(self, req: v3election_pb2.ProclaimRequest) -> v3election_pb2.ProclaimResponse:
         if not req.HasField("leader"):
             raise MISSING_LEADER.copy()
         leader = req.leader
-        try:
-            lease = await session_lease(self.client, leader.lease)
-            answer = await self._proclaim(leader.key, leader.rev, lease, req.value)
-        except EtcdError as e:
-            raise unknown(e) from None
-        return v3election_pb2.ProclaimResponse(header=answer.header).SerializeToString()
+        lease = await session_lease(self.client, leader.lease)
+        answer = await self._proclaim(leader.key, leader.rev, lease, req.value)
+        return v3election_pb2.ProclaimResponse(header=answer.header)
 
     async def _proclaim(self, key: bytes, rev: int, lease: int, value: bytes) -> rpc_pb2.TxnResponse:
         put = rpc_pb2.PutRequest(key=key, value=value, lease=lease)
@@ -115,28 +105,22 @@ class ElectionService:
             raise NOT_LEADER.copy()
         return answer
 
-    async def resign(self, request: bytes) -> bytes:
-        req = parse(v3election_pb2.ResignRequest, request)
+    @etcd_method(v3election_pb2.ResignRequest)
+    async def resign(self, req: v3election_pb2.ResignRequest) -> v3election_pb2.ResignResponse:
         if not req.HasField("leader"):
             raise MISSING_LEADER.copy()
-        try:
-            answer = await release(self.client, req.leader.key, req.leader.rev)
-        except EtcdError as e:
-            raise unknown(e) from None
+        answer = await release(self.client, req.leader.key, req.leader.rev)
         if answer.succeeded:
             log.info("campaign_resigned", key=req.leader.key.decode(errors="replace"), rev=req.leader.rev)
-        return v3election_pb2.ResignResponse(header=answer.header).SerializeToString()
+        return v3election_pb2.ResignResponse(header=answer.header)
 
     # -- Leader, Observe ---------------------------------------------------------------------------------
-    async def leader(self, request: bytes) -> bytes:
-        req = parse(v3election_pb2.LeaderRequest, request)
-        try:
-            answer = await range_kv(self.client, owner_range(prefix_of(req.name)))
-        except EtcdError as e:
-            raise unknown(e) from None
+    @etcd_method(v3election_pb2.LeaderRequest)
+    async def leader(self, req: v3election_pb2.LeaderRequest) -> v3election_pb2.LeaderResponse:
+        answer = await range_kv(self.client, owner_range(prefix_of(req.name)))
         if not answer.kvs:
             raise NO_LEADER.copy()
-        return v3election_pb2.LeaderResponse(header=answer.header, kv=answer.kvs[0]).SerializeToString()
+        return v3election_pb2.LeaderResponse(header=answer.header, kv=answer.kvs[0])
 
     async def observe(self, request: bytes) -> AsyncIterator[bytes]:
         """Each leader as it is elected and each value it proclaims, in order; the stream ends (as

@@ -18,15 +18,12 @@ from actors.protocol import Method
 from node.api import Client
 from plugins.grpc.waitline import (
     SessionExpired,
+    contender,
     created_at,
+    etcd_method,
     owner_range,
-    parse,
-    prefix_of,
     release_later,
-    session_key,
-    session_lease,
     txn,
-    unknown,
     wait_for_turn,
 )
 
@@ -41,17 +38,9 @@ class LockService:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def lock(self, request: bytes) -> bytes:
-        req = parse(v3lock_pb2.LockRequest, request)
-        try:
-            return (await self._lock(req)).SerializeToString()
-        except EtcdError as e:
-            raise unknown(e) from None
-
-    async def _lock(self, req: v3lock_pb2.LockRequest) -> v3lock_pb2.LockResponse:
-        lease = await session_lease(self.client, req.lease)
-        prefix = prefix_of(req.name)
-        key = session_key(prefix, lease)
+    @etcd_method(v3lock_pb2.LockRequest)
+    async def lock(self, req: v3lock_pb2.LockRequest) -> v3lock_pb2.LockResponse:
+        lease, prefix, key = await contender(self.client, req.name, req.lease)
         put = rpc_pb2.PutRequest(key=key, lease=lease)
         owner = rpc_pb2.RequestOp(request_range=owner_range(prefix))
         answer = await txn(
@@ -80,13 +69,9 @@ class LockService:
         log.info("lock_acquired", key=key.decode(errors="replace"), rev=rev, waited=True)
         return v3lock_pb2.LockResponse(header=header, key=key)
 
-    async def unlock(self, request: bytes) -> bytes:
-        req = parse(v3lock_pb2.UnlockRequest, request)
+    @etcd_method(v3lock_pb2.UnlockRequest)
+    async def unlock(self, req: v3lock_pb2.UnlockRequest) -> v3lock_pb2.UnlockResponse:
         delete = rpc_pb2.DeleteRangeRequest(key=req.key)
-        try:
-            answer = await self.client.call(Method.DELETE_RANGE, delete.SerializeToString())
-        except EtcdError as e:
-            raise unknown(e) from None
-        header = rpc_pb2.DeleteRangeResponse.FromString(answer).header
+        answer = await self.client.call(Method.DELETE_RANGE, delete.SerializeToString())
         log.info("lock_released", key=req.key.decode(errors="replace"))
-        return v3lock_pb2.UnlockResponse(header=header).SerializeToString()
+        return v3lock_pb2.UnlockResponse(header=rpc_pb2.DeleteRangeResponse.FromString(answer).header)

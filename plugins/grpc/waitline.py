@@ -9,12 +9,15 @@ Unlike etcd 3.4.3, whose waiter Jepsen saw granted after its own lease had expir
 granted when, after the last predecessor is gone, the contender's own key still exists with its
 original create revision: its lease was alive at that revision. Watches are only wake-ups; what
 decides is always a linearizable range, so a lost or duplicated event can delay but never mislead.
+
+Also here, what the two services share: joining a line, and serving a method on serialized messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import structlog
@@ -56,6 +59,37 @@ def unknown(error: EtcdError) -> EtcdError:
     """etcd's lock and election servers call the KV through a client, and gRPC then reports every
     error they pass on with code Unknown and the original text."""
     return EtcdError(Code.UNKNOWN, error.message)
+
+
+Service = TypeVar("Service")
+ServiceMethod = Callable[[Service, M], Awaitable[Message]]
+
+
+def etcd_method(
+    request_type: type[M],
+) -> Callable[[ServiceMethod], Callable[[Service, bytes], Awaitable[bytes]]]:
+    """A service method on serialized messages: the request parsed (a malformed one refused as an
+    invalid argument), the response serialized, errors passed on as :func:`unknown` says."""
+
+    def wrap(method: ServiceMethod) -> Callable[[Service, bytes], Awaitable[bytes]]:
+        @functools.wraps(method)
+        async def serve(self: Service, request: bytes) -> bytes:
+            req = parse(request_type, request)
+            try:
+                return (await method(self, req)).SerializeToString()
+            except EtcdError as e:
+                raise unknown(e) from None
+
+        return serve
+
+    return wrap
+
+
+async def contender(client: Client, name: bytes, lease: int) -> tuple[int, bytes, bytes]:
+    """``(lease, prefix, key)`` of a place in the line ``name``: lease 0 gets a fresh session lease."""
+    lease = await session_lease(client, lease)
+    prefix = prefix_of(name)
+    return lease, prefix, session_key(prefix, lease)
 
 
 def prefix_of(name: bytes) -> bytes:
