@@ -133,6 +133,19 @@ def test_waiter_whose_lease_expires_is_not_granted(cairn: Server) -> None:
     assert keys(cairn, b"j/") == []
 
 
+def test_waiters_that_give_up_at_once_leave_no_key(cairn: Server) -> None:
+    """Deadlines short enough to cancel a Lock while it joins the line, or to pass as its handler
+    starts (grpc.aio then does not cancel it: it waited on for no one, and was granted later)."""
+    grant(cairn, 0x1, 60)
+    lock(cairn, b"g", 0x1)
+    for attempt in range(2, 32):
+        grant(cairn, attempt, 60)
+        with pytest.raises(grpc.RpcError) as info:
+            lock(cairn, b"g", attempt, timeout=0.0002 * attempt)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_until(lambda: keys(cairn, b"g/") == [b"g/1"], what="the waiters' keys to go")
+
+
 def test_rest_client_that_goes_away_leaves_the_line(cairn: Server) -> None:
     grant(cairn, 0x1, 60)
     grant(cairn, 0x2, 60)

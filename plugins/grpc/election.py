@@ -24,6 +24,7 @@ from plugins.grpc.waitline import (
     contender,
     created_at,
     etcd_method,
+    join_line,
     owner_range,
     parse,
     prefix_of,
@@ -58,21 +59,10 @@ class ElectionService:
     @etcd_method(v3election_pb2.CampaignRequest)
     async def campaign(self, req: v3election_pb2.CampaignRequest) -> v3election_pb2.CampaignResponse:
         lease, prefix, key = await contender(self.client, req.name, req.lease)
-        put = rpc_pb2.PutRequest(key=key, value=req.value, lease=lease)
-        answer = await txn(
-            self.client,
-            rpc_pb2.TxnRequest(
-                compare=[created_at(key, 0)],
-                success=[rpc_pb2.RequestOp(request_put=put)],
-                failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key))],
-            ),
-        )
-        rev = answer.header.revision
-        if not answer.succeeded:  # this lease already campaigns: keep its place, update its value
-            kv = answer.responses[0].response_range.kvs[0]
-            rev = kv.create_revision
-            if kv.value != req.value:
-                await self._proclaim(key, rev, lease, req.value)
+        answer, rev = await join_line(self.client, rpc_pb2.PutRequest(key=key, value=req.value, lease=lease))
+        # the same lease campaigned before: it keeps its place, with the new value
+        if not answer.succeeded and answer.responses[0].response_range.kvs[0].value != req.value:
+            await self._proclaim(key, rev, lease, req.value)
         try:
             await wait_for_turn(self.client, prefix, key, rev)
         except SessionExpired:

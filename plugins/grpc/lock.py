@@ -19,11 +19,10 @@ from node.api import Client
 from plugins.grpc.waitline import (
     SessionExpired,
     contender,
-    created_at,
     etcd_method,
+    join_line,
     owner_range,
     release_later,
-    txn,
     wait_for_turn,
 )
 
@@ -41,19 +40,9 @@ class LockService:
     @etcd_method(v3lock_pb2.LockRequest)
     async def lock(self, req: v3lock_pb2.LockRequest) -> v3lock_pb2.LockResponse:
         lease, prefix, key = await contender(self.client, req.name, req.lease)
-        put = rpc_pb2.PutRequest(key=key, lease=lease)
-        owner = rpc_pb2.RequestOp(request_range=owner_range(prefix))
-        answer = await txn(
-            self.client,
-            rpc_pb2.TxnRequest(
-                compare=[created_at(key, 0)],
-                success=[rpc_pb2.RequestOp(request_put=put), owner],
-                failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key)), owner],
-            ),
+        answer, rev = await join_line(
+            self.client, rpc_pb2.PutRequest(key=key, lease=lease), owner_range(prefix)
         )
-        rev = answer.header.revision
-        if not answer.succeeded:  # this lease already waits for (or holds) the lock: same place in line
-            rev = answer.responses[0].response_range.kvs[0].create_revision
         holder = answer.responses[1].response_range.kvs
         if not holder or holder[0].create_revision == rev:
             log.info("lock_acquired", key=key.decode(errors="replace"), rev=rev, waited=False)

@@ -57,10 +57,13 @@ def forward(client: Client, method: Method) -> Handler:
     return unary(functools.partial(client.call, method))
 
 
-def unary(call: Callable[[bytes], Awaitable[bytes]]) -> Handler:
-    """A unary method answered by ``call``; its EtcdError becomes etcd's gRPC status and text."""
+def unary(call: Callable[[bytes], Awaitable[bytes]], waits: bool = False) -> Handler:
+    """A unary method answered by ``call``; its EtcdError becomes etcd's gRPC status and text.
+    A method that ``waits`` (Lock, Campaign) ends with its RPC (:func:`end_with_rpc`)."""
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if waits:
+            end_with_rpc(context)
         try:
             return await call(request)
         except EtcdError as e:
@@ -74,6 +77,7 @@ def server_stream(call: Callable[[bytes], AsyncIterator[bytes]]) -> ServerStream
     """A server-streaming method (Election.Observe): the responses ``call`` yields, then its error."""
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        end_with_rpc(context)
         try:
             async for response in call(request):
                 yield response
@@ -81,6 +85,22 @@ def server_stream(call: Callable[[bytes], AsyncIterator[bytes]]) -> ServerStream
             await context.abort(grpc.StatusCode[e.code.name], e.message)
 
     return handler
+
+
+def end_with_rpc(context: grpc.aio.ServicerContext) -> None:
+    """Cancel the running handler when its RPC ends or its deadline passes. grpc.aio does not cancel
+    a handler that starts at (or just before) its deadline: such a Lock was seen waiting on for no
+    one, and then granted; a method that waits must not outlive its caller."""
+    task = asyncio.current_task()
+    assert task is not None
+    remaining = context.time_remaining()
+    if remaining is not None:
+        deadline = asyncio.get_running_loop().call_later(max(remaining, 0.0), task.cancel)
+        task.add_done_callback(lambda _: deadline.cancel())
+    if context.done():
+        task.cancel()
+    else:
+        context.add_done_callback(lambda _: task.cancel())
 
 
 def forward_stream(client: Client, method: Method) -> StreamHandler:
@@ -129,11 +149,11 @@ def recipe_handlers(client: Client) -> list[grpc.GenericRpcHandler]:
     """The v3lock and v3election services, which run here on top of the core's KV, lease and watch."""
     locks, elections = LockService(client), ElectionService(client)
     lock = {
-        "Lock": grpc.unary_unary_rpc_method_handler(unary(locks.lock)),
+        "Lock": grpc.unary_unary_rpc_method_handler(unary(locks.lock, waits=True)),
         "Unlock": grpc.unary_unary_rpc_method_handler(unary(locks.unlock)),
     }
     election = {
-        name: grpc.unary_unary_rpc_method_handler(unary(getattr(elections, name.lower())))
+        name: grpc.unary_unary_rpc_method_handler(unary(getattr(elections, name.lower()), name == "Campaign"))
         for name in ("Campaign", "Proclaim", "Leader", "Resign")
     }
     election["Observe"] = grpc.unary_stream_rpc_method_handler(server_stream(elections.observe))

@@ -147,6 +147,38 @@ async def release(client: Client, key: bytes, rev: int) -> rpc_pb2.TxnResponse:
     return await txn(client, rpc_pb2.TxnRequest(compare=[created_at(key, rev)], success=[delete]))
 
 
+async def join_line(
+    client: Client, put: rpc_pb2.PutRequest, *reads: rpc_pb2.RangeRequest
+) -> tuple[rpc_pb2.TxnResponse, int]:
+    """Put the contender's key unless it exists, run ``reads`` after; ``(answer, create revision)``.
+
+    The first response is the put's, or a range of the key that was already there (the same lease
+    joined before: it keeps its place). A caller cancelled meanwhile leaves no new key behind: the
+    transaction runs to its end and the key it created is released.
+    """
+    then = [rpc_pb2.RequestOp(request_range=r) for r in reads]
+    mine = rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=put.key))
+    request = rpc_pb2.TxnRequest(
+        compare=[created_at(put.key, 0)],
+        success=[rpc_pb2.RequestOp(request_put=put), *then],
+        failure=[mine, *then],
+    )
+    joining = asyncio.ensure_future(txn(client, request))
+    try:
+        answer = await asyncio.shield(joining)
+    except asyncio.CancelledError:
+        joining.add_done_callback(lambda done: _release_created(client, put.key, done))
+        raise
+    if answer.succeeded:
+        return answer, answer.header.revision
+    return answer, answer.responses[0].response_range.kvs[0].create_revision
+
+
+def _release_created(client: Client, key: bytes, joined: asyncio.Future[rpc_pb2.TxnResponse]) -> None:
+    if not joined.cancelled() and joined.exception() is None and joined.result().succeeded:
+        release_later(client, key, joined.result().header.revision)
+
+
 _cleanups: set[asyncio.Task[None]] = set()
 
 
