@@ -276,11 +276,10 @@ async def watch_responses(
 ) -> AsyncIterator[rpc_pb2.WatchResponse]:
     """The responses of one watch (``start_revision`` set) until it is cancelled; after
     :data:`RECHECK_SECONDS` of silence it is opened again from the revision it got to."""
-    create = rpc_pb2.WatchCreateRequest(
-        start_revision=create.start_revision, key=create.key, range_end=create.range_end
-    )
+    resume = rpc_pb2.WatchCreateRequest()
+    resume.CopyFrom(create)
     while True:
-        async with Watch(client, [create]) as watch:
+        async with Watch(client, [resume]) as watch:
             while True:
                 try:
                     response = await asyncio.wait_for(watch.next(), RECHECK_SECONDS)
@@ -289,5 +288,5 @@ async def watch_responses(
                 if response.canceled:
                     return
                 if response.events:
-                    create.start_revision = response.events[-1].kv.mod_revision + 1
+                    resume.start_revision = response.events[-1].kv.mod_revision + 1
                 yield response
