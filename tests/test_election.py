@@ -94,6 +94,19 @@ def test_election_service_answers_as_etcd(etcd: Server, cairn: Server) -> None:
     assert [s.split(":")[0] for s in expected if s.startswith("UNKNOWN")] == ["UNKNOWN"] * 5
 
 
+def test_candidate_whose_lease_expires_is_not_elected(cairn: Server) -> None:
+    grant(cairn, 0xA, 60)
+    grant(cairn, 0xB, 2)
+    call(cairn, CAMPAIGN, pb.CampaignRequest(name=b"x", lease=0xA, value=b"a"), pb.CampaignResponse)
+    start = time.monotonic()
+    expiring = pb.CampaignRequest(name=b"x", lease=0xB, value=b"b")
+    assert outcome(lambda: call(cairn, CAMPAIGN, expiring, pb.CampaignResponse, 60)) == (
+        "UNKNOWN: election: not leader"
+    )
+    assert time.monotonic() - start < 30  # told when its key went, not when the leader resigned
+    assert keys(cairn, b"x/") == [b"x/a"]
+
+
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
