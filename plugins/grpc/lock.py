@@ -17,6 +17,7 @@ from actors.proto import rpc_pb2, v3lock_pb2
 from actors.protocol import Method
 from node.api import Client
 from plugins.grpc.waitline import (
+    Caller,
     SessionExpired,
     contender,
     etcd_method,
@@ -38,29 +39,27 @@ class LockService:
         self.client = client
 
     @etcd_method(v3lock_pb2.LockRequest)
-    async def lock(self, req: v3lock_pb2.LockRequest) -> v3lock_pb2.LockResponse:
-        lease, prefix, key = await contender(self.client, req.name, req.lease)
-        answer, rev = await join_line(
-            self.client, rpc_pb2.PutRequest(key=key, lease=lease), owner_range(prefix)
-        )
+    async def lock(self, core: Caller, req: v3lock_pb2.LockRequest) -> v3lock_pb2.LockResponse:
+        lease, prefix, key = await contender(core, req.name, req.lease)
+        answer, rev = await join_line(core, rpc_pb2.PutRequest(key=key, lease=lease), owner_range(prefix))
         holder = answer.responses[1].response_range.kvs
         if not holder or holder[0].create_revision == rev:
             log.info("lock_acquired", key=key.decode(errors="replace"), rev=rev, waited=False)
             return v3lock_pb2.LockResponse(header=answer.header, key=key)
         try:
-            header = await wait_for_turn(self.client, prefix, key, rev)
+            header = await wait_for_turn(core, prefix, key, rev)
         except SessionExpired:
             log.info("lock_session_expired", key=key.decode(errors="replace"), rev=rev)
             raise SESSION_EXPIRED.copy() from None
         except (EtcdError, asyncio.CancelledError):
-            release_later(self.client, key, rev)  # leave the line, as etcd's Mutex does on any failure
+            release_later(core, key, rev)  # leave the line, as etcd's Mutex does on any failure
             raise
         log.info("lock_acquired", key=key.decode(errors="replace"), rev=rev, waited=True)
         return v3lock_pb2.LockResponse(header=header, key=key)
 
     @etcd_method(v3lock_pb2.UnlockRequest)
-    async def unlock(self, req: v3lock_pb2.UnlockRequest) -> v3lock_pb2.UnlockResponse:
+    async def unlock(self, core: Caller, req: v3lock_pb2.UnlockRequest) -> v3lock_pb2.UnlockResponse:
         delete = rpc_pb2.DeleteRangeRequest(key=req.key)
-        answer = await self.client.call(Method.DELETE_RANGE, delete.SerializeToString())
+        answer = await core.call(Method.DELETE_RANGE, delete.SerializeToString())
         log.info("lock_released", key=req.key.decode(errors="replace"))
         return v3lock_pb2.UnlockResponse(header=rpc_pb2.DeleteRangeResponse.FromString(answer).header)

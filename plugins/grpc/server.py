@@ -20,7 +20,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from actors.errors import EtcdError
-from actors.protocol import Method
+from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from node.config import NodeConfig
 from plugins.grpc.election import ElectionService
@@ -46,6 +46,7 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
     },
     "etcdserverpb.Maintenance": {"Status": Method.STATUS},
     "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
+    "etcdserverpb.Auth": AUTH_RPCS,
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
@@ -53,19 +54,28 @@ StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Async
 ServerStreamHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
+def token(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's auth token: metadata ``token`` (clientv3), or ``authorization`` (as etcd reads)."""
+    for key, value in context.invocation_metadata() or ():
+        if key in ("token", "authorization"):
+            return value if isinstance(value, str) else None
+    return None
+
+
 def forward(client: Client, method: Method) -> Handler:
     return unary(functools.partial(client.call, method))
 
 
-def unary(call: Callable[[bytes], Awaitable[bytes]], waits: bool = False) -> Handler:
-    """A unary method answered by ``call``; its EtcdError becomes etcd's gRPC status and text.
+def unary(call: Callable[[bytes, str | None], Awaitable[bytes]], waits: bool = False) -> Handler:
+    """A unary method answered by ``call(request, auth token)``; its EtcdError becomes etcd's gRPC
+    status and text.
     A method that ``waits`` (Lock, Campaign) ends with its RPC (:func:`end_with_rpc`)."""
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if waits:
             end_with_rpc(context)
         try:
-            return await call(request)
+            return await call(request, token(context))
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
@@ -73,13 +83,13 @@ def unary(call: Callable[[bytes], Awaitable[bytes]], waits: bool = False) -> Han
     return handler
 
 
-def server_stream(call: Callable[[bytes], AsyncIterator[bytes]]) -> ServerStreamHandler:
+def server_stream(call: Callable[[bytes, str | None], AsyncIterator[bytes]]) -> ServerStreamHandler:
     """A server-streaming method (Election.Observe): the responses ``call`` yields, then its error."""
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         end_with_rpc(context)
         try:
-            async for response in call(request):
+            async for response in call(request, token(context)):
                 yield response
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
@@ -111,7 +121,7 @@ def forward_stream(client: Client, method: Method) -> StreamHandler:
     ) -> AsyncIterator[bytes]:
         async for request in requests:
             try:
-                yield await client.call(method, request)
+                yield await client.call(method, request, token(context))
             except EtcdError as e:
                 await context.abort(grpc.StatusCode[e.code.name], e.message)
 
@@ -128,7 +138,7 @@ def watch_stream(client: Client) -> StreamHandler:
     async def handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        stream = client.open_stream()
+        stream = client.open_stream(token(context))
 
         async def forward_requests() -> None:
             async for request in requests:

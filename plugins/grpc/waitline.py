@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 from google.protobuf.message import DecodeError, Message
@@ -42,6 +42,22 @@ _CREATE = rpc_pb2.RangeRequest.CREATE
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
 
 
+class Caller:
+    """The core as one request sees it: every call and watch carries that client's auth token, so a
+    lock or campaign may touch only the keys its caller may (etcd's servers call with the caller's
+    credentials too)."""
+
+    def __init__(self, client: Client, token: str | None) -> None:
+        self.client = client
+        self.token = token
+
+    async def call(self, method: Method, request: bytes) -> bytes:
+        return await self.client.call(method, request, self.token)
+
+    def open_stream(self) -> Stream:
+        return self.client.open_stream(self.token)
+
+
 class SessionExpired(Exception):
     """The contender's own key is gone (its lease expired or it was deleted) while it waited."""
 
@@ -61,22 +77,26 @@ def unknown(error: EtcdError) -> EtcdError:
     return EtcdError(Code.UNKNOWN, error.message)
 
 
-Service = TypeVar("Service")
-ServiceMethod = Callable[[Service, M], Awaitable[Message]]
+class Service(Protocol):
+    client: Client
 
 
-def etcd_method(
-    request_type: type[M],
-) -> Callable[[ServiceMethod], Callable[[Service, bytes], Awaitable[bytes]]]:
-    """A service method on serialized messages: the request parsed (a malformed one refused as an
-    invalid argument), the response serialized, errors passed on as :func:`unknown` says."""
+S = TypeVar("S", bound=Service)
+ServiceMethod = Callable[[S, Caller, M], Awaitable[Message]]
+Served = Callable[[S, bytes, str | None], Awaitable[bytes]]
 
-    def wrap(method: ServiceMethod) -> Callable[[Service, bytes], Awaitable[bytes]]:
+
+def etcd_method(request_type: type[M]) -> Callable[[ServiceMethod], Served]:
+    """A service method on serialized messages and the caller's auth token: the request parsed (a
+    malformed one refused as an invalid argument), the response serialized, errors passed on as
+    :func:`unknown` says."""
+
+    def wrap(method: ServiceMethod) -> Served:
         @functools.wraps(method)
-        async def serve(self: Service, request: bytes) -> bytes:
+        async def serve(self: S, request: bytes, token: str | None = None) -> bytes:
             req = parse(request_type, request)
             try:
-                return (await method(self, req)).SerializeToString()
+                return (await method(self, Caller(self.client, token), req)).SerializeToString()
             except EtcdError as e:
                 raise unknown(e) from None
 
@@ -85,9 +105,9 @@ def etcd_method(
     return wrap
 
 
-async def contender(client: Client, name: bytes, lease: int) -> tuple[int, bytes, bytes]:
+async def contender(core: Caller, name: bytes, lease: int) -> tuple[int, bytes, bytes]:
     """``(lease, prefix, key)`` of a place in the line ``name``: lease 0 gets a fresh session lease."""
-    lease = await session_lease(client, lease)
+    lease = await session_lease(core, lease)
     prefix = prefix_of(name)
     return lease, prefix, session_key(prefix, lease)
 
@@ -106,12 +126,12 @@ def session_key(prefix: bytes, lease: int) -> bytes:
     return prefix + format(lease, "x").encode()
 
 
-async def range_kv(client: Client, request: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
-    return rpc_pb2.RangeResponse.FromString(await client.call(Method.RANGE, request.SerializeToString()))
+async def range_kv(core: Caller, request: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+    return rpc_pb2.RangeResponse.FromString(await core.call(Method.RANGE, request.SerializeToString()))
 
 
-async def txn(client: Client, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
-    return rpc_pb2.TxnResponse.FromString(await client.call(Method.TXN, request.SerializeToString()))
+async def txn(core: Caller, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+    return rpc_pb2.TxnResponse.FromString(await core.call(Method.TXN, request.SerializeToString()))
 
 
 def owner_range(prefix: bytes) -> rpc_pb2.RangeRequest:
@@ -132,23 +152,23 @@ def created_at(key: bytes, rev: int) -> rpc_pb2.Compare:
     )
 
 
-async def session_lease(client: Client, lease: int) -> int:
+async def session_lease(core: Caller, lease: int) -> int:
     """The request's lease, or (lease 0) a fresh one of etcd's default session TTL, never kept alive."""
     if lease:
         return lease
     request = rpc_pb2.LeaseGrantRequest(TTL=SESSION_TTL)
-    answer = await client.call(Method.LEASE_GRANT, request.SerializeToString())
+    answer = await core.call(Method.LEASE_GRANT, request.SerializeToString())
     return rpc_pb2.LeaseGrantResponse.FromString(answer).ID
 
 
-async def release(client: Client, key: bytes, rev: int) -> rpc_pb2.TxnResponse:
+async def release(core: Caller, key: bytes, rev: int) -> rpc_pb2.TxnResponse:
     """Delete the contender's key if it is still the one created at ``rev`` (never a newer one)."""
     delete = rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key))
-    return await txn(client, rpc_pb2.TxnRequest(compare=[created_at(key, rev)], success=[delete]))
+    return await txn(core, rpc_pb2.TxnRequest(compare=[created_at(key, rev)], success=[delete]))
 
 
 async def join_line(
-    client: Client, put: rpc_pb2.PutRequest, *reads: rpc_pb2.RangeRequest
+    core: Caller, put: rpc_pb2.PutRequest, *reads: rpc_pb2.RangeRequest
 ) -> tuple[rpc_pb2.TxnResponse, int]:
     """Put the contender's key unless it exists, run ``reads`` after; ``(answer, create revision)``.
 
@@ -163,31 +183,31 @@ async def join_line(
         success=[rpc_pb2.RequestOp(request_put=put), *then],
         failure=[mine, *then],
     )
-    joining = asyncio.ensure_future(txn(client, request))
+    joining = asyncio.ensure_future(txn(core, request))
     try:
         answer = await asyncio.shield(joining)
     except asyncio.CancelledError:
-        joining.add_done_callback(lambda done: _release_created(client, put.key, done))
+        joining.add_done_callback(lambda done: _release_created(core, put.key, done))
         raise
     if answer.succeeded:
         return answer, answer.header.revision
     return answer, answer.responses[0].response_range.kvs[0].create_revision
 
 
-def _release_created(client: Client, key: bytes, joined: asyncio.Future[rpc_pb2.TxnResponse]) -> None:
+def _release_created(core: Caller, key: bytes, joined: asyncio.Future[rpc_pb2.TxnResponse]) -> None:
     if not joined.cancelled() and joined.exception() is None and joined.result().succeeded:
-        release_later(client, key, joined.result().header.revision)
+        release_later(core, key, joined.result().header.revision)
 
 
 _cleanups: set[asyncio.Task[None]] = set()
 
 
-def release_later(client: Client, key: bytes, rev: int) -> None:
+def release_later(core: Caller, key: bytes, rev: int) -> None:
     """Release a waiter's key from a task of its own: the request that owned it is being cancelled."""
 
     async def run() -> None:
         try:
-            await release(client, key, rev)
+            await release(core, key, rev)
             log.info("waiter_released", key=key.decode(errors="replace"), rev=rev)
         except EtcdError as e:  # its lease will still take the key away
             log.warning("waiter_release_failed", key=key.decode(errors="replace"), error=e.message)
@@ -197,7 +217,7 @@ def release_later(client: Client, key: bytes, rev: int) -> None:
     task.add_done_callback(_cleanups.discard)
 
 
-async def wait_for_turn(client: Client, prefix: bytes, key: bytes, rev: int) -> rpc_pb2.ResponseHeader:
+async def wait_for_turn(core: Caller, prefix: bytes, key: bytes, rev: int) -> rpc_pb2.ResponseHeader:
     """Wait until no key under ``prefix`` was created before ``rev`` while ``key`` still was at ``rev``.
 
     Returns the header of the read that saw the contender's key alive. Raises
@@ -214,8 +234,8 @@ async def wait_for_turn(client: Client, prefix: bytes, key: bytes, rev: int) -> 
     while True:
         # Predecessors first, own key second: nothing created before ``rev`` can appear later, so
         # "none at R1" and "mine alive at R2 >= R1" together mean the turn is ours at R2.
-        predecessor = await range_kv(client, before)
-        mine = await range_kv(client, rpc_pb2.RangeRequest(key=key))
+        predecessor = await range_kv(core, before)
+        mine = await range_kv(core, rpc_pb2.RangeRequest(key=key))
         if not mine.kvs or mine.kvs[0].create_revision != rev:
             raise SessionExpired
         if not predecessor.kvs:
@@ -224,17 +244,17 @@ async def wait_for_turn(client: Client, prefix: bytes, key: bytes, rev: int) -> 
         log.debug(
             "waiter_waiting", key=key.decode(errors="replace"), behind=waited_for.decode(errors="replace")
         )
-        await wait_for_delete(client, (waited_for, key), predecessor.header.revision + 1)
+        await wait_for_delete(core, (waited_for, key), predecessor.header.revision + 1)
 
 
-async def wait_for_delete(client: Client, keys: tuple[bytes, ...], start: int) -> None:
+async def wait_for_delete(core: Caller, keys: tuple[bytes, ...], start: int) -> None:
     """Return once one of ``keys`` is deleted at revision ``start`` or later, once the watch is
     cancelled by a compaction (the caller reads again), or after :data:`RECHECK_SECONDS`."""
     creates = [
         rpc_pb2.WatchCreateRequest(key=k, start_revision=start, filters=[rpc_pb2.WatchCreateRequest.NOPUT])
         for k in keys
     ]
-    async with Watch(client, creates) as watch:
+    async with Watch(core, creates) as watch:
         while True:
             try:
                 response = await asyncio.wait_for(watch.next(), RECHECK_SECONDS)
@@ -251,13 +271,13 @@ async def wait_for_delete(client: Client, keys: tuple[bytes, ...], start: int) -
 class Watch:
     """One watch stream to the core holding the given watchers, closed when the block exits."""
 
-    def __init__(self, client: Client, creates: list[rpc_pb2.WatchCreateRequest]) -> None:
-        self.client = client
+    def __init__(self, core: Caller, creates: list[rpc_pb2.WatchCreateRequest]) -> None:
+        self.core = core
         self.creates = creates
         self.stream: Stream | None = None
 
     async def __aenter__(self) -> Watch:
-        self.stream = self.client.open_stream()
+        self.stream = self.core.open_stream()
         for create in self.creates:
             self.stream.send(rpc_pb2.WatchRequest(create_request=create).SerializeToString())
         return self
@@ -272,14 +292,14 @@ class Watch:
 
 
 async def watch_responses(
-    client: Client, create: rpc_pb2.WatchCreateRequest
+    core: Caller, create: rpc_pb2.WatchCreateRequest
 ) -> AsyncIterator[rpc_pb2.WatchResponse]:
     """The responses of one watch (``start_revision`` set) until it is cancelled; after
     :data:`RECHECK_SECONDS` of silence it is opened again from the revision it got to."""
     resume = rpc_pb2.WatchCreateRequest()
     resume.CopyFrom(create)
     while True:
-        async with Watch(client, [resume]) as watch:
+        async with Watch(core, [resume]) as watch:
             while True:
                 try:
                     response = await asyncio.wait_for(watch.next(), RECHECK_SECONDS)

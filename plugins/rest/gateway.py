@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from actors import metrics
 from actors.errors import Code, EtcdError
 from actors.proto import rpc_pb2, v3election_pb2, v3lock_pb2
-from actors.protocol import Method
+from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from plugins.grpc.election import ElectionService
 from plugins.grpc.lock import LockService
@@ -113,6 +113,7 @@ SERVED: dict[tuple[str, str], Method] = {
     (_LEASE, "LeaseLeases"): Method.LEASE_LEASES,
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
     (_MAINT, "Status"): Method.STATUS,
+    **{(_AUTH, name): method for name, method in AUTH_RPCS.items()},
 }
 
 # grpc-gateway v1's HTTPStatusFromCode
@@ -324,7 +325,7 @@ class Gateway:
         return _plain(404, "404 page not found"), False
 
     # -- unary methods -----------------------------------------------------------------------------------
-    def _unary_handler(self, route: Route, call: Callable[[bytes], Awaitable[bytes]]) -> Handler:
+    def _unary_handler(self, route: Route, call: Callable[[bytes, str | None], Awaitable[bytes]]) -> Handler:
         request_type, response_type = route.request, route.response
         service, name, grpc_type = route.service, route.grpc_method, route.grpc_type
         counters = self.metrics
@@ -343,7 +344,7 @@ class Gateway:
                 await self._error(exchange, Code.RESOURCE_EXHAUSTED, text, route, start)
                 return
             try:
-                answer = await call(data)
+                answer = await call(data, token(exchange))
             except EtcdError as e:
                 await self._error(exchange, e.code, e.message, route, start)
                 return
@@ -354,7 +355,9 @@ class Gateway:
 
         return handler
 
-    def _server_stream_handler(self, route: Route, call: Callable[[bytes], AsyncIterator[bytes]]) -> Handler:
+    def _server_stream_handler(
+        self, route: Route, call: Callable[[bytes, str | None], AsyncIterator[bytes]]
+    ) -> Handler:
         """One JSON request in, newline-delimited ``{"result":...}`` out until the stream ends; an
         error ends it with an ``{"error":...}`` line (under the error's HTTP status if nothing was sent)."""
         request_type, response_type = route.request, route.response
@@ -369,7 +372,7 @@ class Gateway:
                 return
             code = "OK"
             try:
-                async for answer in call(request.SerializeToString()):
+                async for answer in call(request.SerializeToString(), token(exchange)):
                     if not exchange.started:
                         exchange.begin(200, [*GATEWAY_OK_HEADERS])
                     line = jsonpb.encode({"result": jsonpb.to_dict(response_type.FromString(answer))})
@@ -435,7 +438,7 @@ class Gateway:
             ok, first = await self._first_request(exchange, decoder, route)
             if not ok:
                 return
-            stream = self.client.open_stream()
+            stream = self.client.open_stream(token(exchange))
             reader: asyncio.Task[None] | None = None
             code = "OK"
             try:
@@ -487,7 +490,7 @@ class Gateway:
             code = "OK"
             while request is not None:
                 try:
-                    answer = await self.client.call(method, request.SerializeToString())
+                    answer = await self.client.call(method, request.SerializeToString(), token(exchange))
                 except EtcdError as e:
                     code = metrics.GRPC_CODE_NAMES[e.code]
                     await exchange.write(stream_error_chunk(e.code, e.message))
@@ -547,6 +550,12 @@ class Gateway:
             registry = REGISTRY
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
         await exchange.respond(200, body, [*CORS, (b"content-type", METRICS_CONTENT_TYPE)])
+
+
+def token(exchange: Exchange) -> str | None:
+    """The client's auth token: the ``Authorization`` header, its raw value (etcd's gateway passes
+    it on as gRPC metadata ``authorization``, which etcd reads as the token)."""
+    return exchange.headers.get("authorization")
 
 
 def _cluster_version(server: str) -> str:
