@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from servers import ETCDCTL_BIN, Cluster, Server
+from test_auth import setup_users
 
 from actors.proto import rpc_pb2, v3lock_pb2
 
@@ -108,6 +109,45 @@ def test_lock_service_answers_as_etcd(etcd: Server, cairn: Server) -> None:
     expected = lock_script(etcd)
     assert lock_script(cairn) == expected
     assert "DEADLINE_EXCEEDED" in expected[6] and "requested lease not found" in expected[7]
+
+
+def auth_script(server: Server) -> list[str]:
+    """A user with readwrite on /app/ only: the services act with the caller's permissions."""
+    setup_users(server)
+    with grpc.insecure_channel(server.endpoint) as channel:
+        login = channel.unary_unary("/etcdserverpb.Auth/Authenticate")
+        answer = login(rpc_pb2.AuthenticateRequest(name="svc", password="pw").SerializeToString(), timeout=30)
+        meta = (("token", rpc_pb2.AuthenticateResponse.FromString(answer).token),)
+
+        def as_svc(path: str, request, response_type, metadata=meta):
+            answer = channel.unary_unary(path)(request.SerializeToString(), metadata=metadata, timeout=30)
+            return response_type.FromString(answer)
+
+        grant = rpc_pb2.LeaseGrantRequest(ID=0x77, TTL=60)
+        as_svc("/etcdserverpb.Lease/LeaseGrant", grant, rpc_pb2.LeaseGrantResponse)
+        steps = [
+            (
+                "/v3lockpb.Lock/Lock",
+                v3lock_pb2.LockRequest(name=b"/app/lk", lease=0x77),
+                v3lock_pb2.LockResponse,
+            ),
+            (
+                "/v3lockpb.Lock/Lock",
+                v3lock_pb2.LockRequest(name=b"/other", lease=0x77),
+                v3lock_pb2.LockResponse,
+            ),
+            ("/v3lockpb.Lock/Unlock", v3lock_pb2.UnlockRequest(key=b"/app/lk/77"), v3lock_pb2.UnlockResponse),
+            ("/v3lockpb.Lock/Unlock", v3lock_pb2.UnlockRequest(key=b"/other/77"), v3lock_pb2.UnlockResponse),
+        ]
+        seen = [outcome(lambda step=step: as_svc(*step)) for step in steps]
+        seen.append(outcome(lambda: as_svc(*steps[0], metadata=())))  # no token at all
+    return seen
+
+
+def test_lock_acts_with_the_callers_permissions_as_etcd(etcd: Server, cairn: Server) -> None:
+    expected = auth_script(etcd)
+    assert auth_script(cairn) == expected
+    assert "permission denied" in expected[1]
 
 
 def test_malformed_lock_request_is_refused(cairn: Server) -> None:
