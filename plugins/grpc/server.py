@@ -10,6 +10,7 @@ text, which clients (etcdctl, clientv3) turn into their typed errors.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,8 @@ from actors.errors import EtcdError
 from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from node.config import NodeConfig
+from plugins.grpc.election import ElectionService
+from plugins.grpc.lock import LockService
 
 log = structlog.get_logger()
 
@@ -55,6 +58,7 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
+ServerStreamHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
 def token(context: grpc.aio.ServicerContext) -> str | None:
@@ -66,14 +70,54 @@ def token(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def forward(client: Client, method: Method) -> Handler:
+    return unary(functools.partial(client.call, method))
+
+
+def unary(call: Callable[[bytes, str | None], Awaitable[bytes]], waits: bool = False) -> Handler:
+    """A unary method answered by ``call(request, auth token)``; its EtcdError becomes etcd's gRPC
+    status and text.
+    A method that ``waits`` (Lock, Campaign) ends with its RPC (:func:`end_with_rpc`)."""
+
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if waits:
+            end_with_rpc(context)
         try:
-            return await client.call(method, request, token(context))
+            return await call(request, token(context))
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
 
     return handler
+
+
+def server_stream(call: Callable[[bytes, str | None], AsyncIterator[bytes]]) -> ServerStreamHandler:
+    """A server-streaming method (Election.Observe): the responses ``call`` yields, then its error."""
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        end_with_rpc(context)
+        try:
+            async for response in call(request, token(context)):
+                yield response
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode[e.code.name], e.message)
+
+    return handler
+
+
+def end_with_rpc(context: grpc.aio.ServicerContext) -> None:
+    """Cancel the running handler when its RPC ends or its deadline passes. grpc.aio does not cancel
+    a handler that starts at (or just before) its deadline: such a Lock was seen waiting on for no
+    one, and then granted; a method that waits must not outlive its caller."""
+    task = asyncio.current_task()
+    assert task is not None
+    remaining = context.time_remaining()
+    if remaining is not None:
+        deadline = asyncio.get_running_loop().call_later(max(remaining, 0.0), task.cancel)
+        task.add_done_callback(lambda _: deadline.cancel())
+    if context.done():
+        task.cancel()
+    else:
+        context.add_done_callback(lambda _: task.cancel())
 
 
 def forward_stream(client: Client, method: Method) -> StreamHandler:
@@ -152,6 +196,24 @@ def watch_stream(client: Client) -> StreamHandler:
     return handler
 
 
+def recipe_handlers(client: Client) -> list[grpc.GenericRpcHandler]:
+    """The v3lock and v3election services, which run here on top of the core's KV, lease and watch."""
+    locks, elections = LockService(client), ElectionService(client)
+    lock = {
+        "Lock": grpc.unary_unary_rpc_method_handler(unary(locks.lock, waits=True)),
+        "Unlock": grpc.unary_unary_rpc_method_handler(unary(locks.unlock)),
+    }
+    election = {
+        name: grpc.unary_unary_rpc_method_handler(unary(getattr(elections, name.lower()), name == "Campaign"))
+        for name in ("Campaign", "Proclaim", "Leader", "Resign")
+    }
+    election["Observe"] = grpc.unary_stream_rpc_method_handler(server_stream(elections.observe))
+    return [
+        grpc.method_handlers_generic_handler("v3lockpb.Lock", lock),
+        grpc.method_handlers_generic_handler("v3electionpb.Election", election),
+    ]
+
+
 def shares_client_port(config: NodeConfig) -> bool:
     """Whether the REST plugin owns the client port and splices gRPC connections to this server.
 
@@ -213,6 +275,7 @@ class GrpcFrontend:
             handlers.append(grpc.method_handlers_generic_handler(service, table))
         watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
         handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))
+        handlers.extend(recipe_handlers(client))
         server.add_generic_rpc_handlers(handlers)
         checker = health.aio.HealthServicer()
         await checker.set("", health_pb2.HealthCheckResponse.SERVING)
