@@ -67,6 +67,7 @@ class Method(IntEnum):
     WATCH_HISTORY = 16  # watch -> storage (READ) and back (RESULT): past events for a catching-up watcher
     STATUS = 20
     MEMBER_LIST = 21
+    SNAPSHOT = 30  # answered with actors.storage.checkpoint.ticket(): the frontend streams the files
 
 
 STREAM_METHODS = frozenset({Method.WATCH, Method.WATCH_CLOSE, Method.WATCH_BLOCKED, Method.WATCH_READY})
