@@ -72,7 +72,7 @@ def check_membership(cfg: RestoreConfig) -> NodeConfig:
     except ConfigError as e:
         if "has no entry for this member's name" in str(e):
             raise RestoreError(
-                f"couldn't find local name {cfg.name!r} in the initial cluster configuration"
+                f'couldn\'t find local name "{cfg.name}" in the initial cluster configuration'
             ) from None
         raise RestoreError(str(e)) from None
     peers = node.cluster_peers()
@@ -100,7 +100,7 @@ def restore(cfg: RestoreConfig, bar: Bar | None = None) -> Restored:
     node = check_membership(cfg)
     target = cfg.target
     if os.path.exists(target):
-        raise RestoreError(f"data-dir {target!r} exists")
+        raise RestoreError(f'data-dir "{target}" exists')
     try:
         with open(cfg.snapshot, "rb") as f:
             head = f.read(64)
