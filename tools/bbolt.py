@@ -20,6 +20,7 @@ never an IndexError or an endless walk.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterator
 
@@ -44,6 +45,15 @@ class BoltError(ValueError):
 def is_bolt(head: bytes) -> bool:
     """Whether ``head`` (the file's first bytes) starts like a bbolt database."""
     return len(head) >= _PAGE.size + 4 and struct.unpack_from("<I", head, _PAGE.size)[0] == MAGIC
+
+
+def map_file(path: str) -> memoryview:
+    """The file's bytes, memory-mapped read-only: a DB of gigabytes is not read into memory. The
+    mapping is released when the last view of it is dropped (never closed under a live view)."""
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 def fnv64a(data: bytes) -> int:

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
+from actors.errors import EtcdError
 from actors.lease.table import LeaseTable
-from actors.proto import rpc_pb2
+from actors.proto import kv_pb2, rpc_pb2
 from actors.protocol import Method
 from actors.storage.backend import META, Backend
 from actors.storage.keyindex import TOMBSTONE
@@ -28,7 +31,7 @@ from actors.storage.mvcc import COMPACT_REVISION, MvccStore
 from actors.storage.snapshot import Progress
 from tools.bbolt import BoltDB, BoltError
 
-AUTH_BUCKETS = (b"authUsers", b"authRoles")
+KeyValue = kv_pb2.KeyValue
 BATCH_ROWS = 10_000  # rows per RocksDB write while importing
 
 
@@ -129,7 +132,12 @@ class Imported:
 def import_etcd(db: BoltDB, backend: Backend, progress: Progress | None = None) -> Imported:
     """Fill the empty ``backend`` with the keys, history, leases and compaction of an etcd DB."""
     rows = 0
+    parse = KeyValue.FromString
     for etcd_key, value in db.items(b"key"):
+        try:
+            parse(value)
+        except DecodeError:
+            raise BoltError(f"etcd key row {etcd_key.hex()} does not hold an mvccpb.KeyValue") from None
         backend.put_kv(kv_row(etcd_key), value)
         rows += 1
         if rows % BATCH_ROWS == 0:
@@ -141,7 +149,10 @@ def import_etcd(db: BoltDB, backend: Backend, progress: Progress | None = None) 
     for lease_key, value in db.items(b"lease"):
         fields = _varints(value)
         lease_id = fields.get(1, int.from_bytes(lease_key, "big", signed=True))
-        table.grant(lease_id, fields.get(2, 0))
+        try:
+            table.grant(lease_id, fields.get(2, 0))
+        except EtcdError as e:
+            raise BoltError(f"etcd lease record {lease_key.hex()} cannot be imported: {e.message}") from None
         if fields.get(3):
             table.checkpoint(lease_id, fields[3])
         leases += 1

@@ -11,7 +11,6 @@ them (etcdserver's VerifyBootstrap), and a refused snapshot leaves no data dir b
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import shutil
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from actors.storage.backend import Backend
 from actors.storage.snapshot import MAGIC, Progress, SnapshotError, extract
 from node.config import ConfigError, NodeConfig, split_urls
-from tools.bbolt import BoltDB, is_bolt
+from tools.bbolt import BoltDB, is_bolt, map_file
 from tools.etcd_snapshot import import_etcd
 
 Bar = Callable[[str, int, str], Progress]  # (label, total, unit) -> a progress callback
@@ -154,24 +153,19 @@ def _restore_etcd(cfg: RestoreConfig, kv_dir: str, bar: Bar | None) -> Restored:
             f"snapshot missing hash but --skip-hash-check=false ({size} bytes is not 512*n + 32: the file is "
             "truncated, or is a db file copied from a data dir, which --skip-hash-check accepts)"
         )
-    with open(cfg.snapshot, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        db_size = size - 32 if has_hash else size
-        view = memoryview(data)
-        try:
-            if has_hash and not cfg.skip_hash_check:
-                _check_sha256(view, db_size, _progress(bar, "verifying", db_size))
-            db = BoltDB(view[:db_size])
-            rows = sum(1 for _ in db.items(b"key"))
-            os.makedirs(kv_dir)
-            backend = Backend(kv_dir)
-            try:
-                imported = import_etcd(db, backend, _progress(bar, "importing", rows, "rows"))
-                backend.commit(0, sync=True)
-            finally:
-                backend.close()
-            del db
-        finally:
-            view.release()
+    data = map_file(cfg.snapshot)
+    db_size = size - 32 if has_hash else size
+    if has_hash and not cfg.skip_hash_check:
+        _check_sha256(data, db_size, _progress(bar, "verifying", db_size))
+    db = BoltDB(data[:db_size])
+    rows = sum(1 for _ in db.items(b"key"))
+    os.makedirs(kv_dir)
+    backend = Backend(kv_dir)
+    try:
+        imported = import_etcd(db, backend, _progress(bar, "importing", rows, "rows"))
+        backend.commit(0, sync=True)
+    finally:
+        backend.close()
     return Restored(
         "etcd", imported.revision, imported.compact_revision, imported.keys, 0, 0, "", imported.skipped
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import mmap
 import os
 import sys
 
@@ -18,7 +17,7 @@ import orjson
 
 from actors.proto import rpc_pb2, rpc_pb2_grpc
 from actors.storage.snapshot import ALIGN, CHECKSUM_SIZE, MAGIC, SnapshotError, read_meta
-from tools.bbolt import BoltDB, is_bolt
+from tools.bbolt import BoltDB, is_bolt, map_file
 from tools.etcd_snapshot import EtcdStatus, status
 from tools.progress import ProgressBar, human_bytes
 from tools.restore import RestoreConfig, restore
@@ -94,18 +93,14 @@ def file_status(path: str) -> tuple[EtcdStatus, str]:
     if not is_bolt(head):
         raise SnapshotError(f"{path!r} is not a snapshot: neither cairn's format nor etcd's (bbolt)")
     size = os.path.getsize(path)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        view = memoryview(data)
-        try:
-            has_hash = size % ALIGN == CHECKSUM_SIZE
-            db_size = size - CHECKSUM_SIZE if has_hash else size
-            checksum = "missing (a db file, not a saved snapshot)"
-            if has_hash:
-                ok = hashlib.sha256(view[:db_size]).digest() == view[db_size:]
-                checksum = "ok" if ok else "MISMATCH: the file is corrupt"
-            result = status(BoltDB(view[:db_size]))
-        finally:
-            view.release()
+    data = map_file(path)
+    has_hash = size % ALIGN == CHECKSUM_SIZE
+    db_size = size - CHECKSUM_SIZE if has_hash else size
+    checksum = "missing (a db file, not a saved snapshot)"
+    if has_hash:
+        ok = hashlib.sha256(data[:db_size]).digest() == data[db_size:]
+        checksum = "ok" if ok else "MISMATCH: the file is corrupt"
+    result = status(BoltDB(data[:db_size]))
     return result, checksum
 
 
