@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -103,6 +104,19 @@ class Writer(threading.Thread):
                     self.errors.append(str(e.code()))
 
 
+def abandon_snapshot_stream(member: Server) -> None:
+    """A client that goes away mid-stream: the member removes the checkpoint it was reading."""
+    with grpc.insecure_channel(member.endpoint) as channel:
+        stream = rpc_pb2_grpc.MaintenanceStub(channel).Snapshot(rpc_pb2.SnapshotRequest())
+        assert next(stream).blob[:8] == b"CAIRNSN1"
+        stream.cancel()
+    checkpoints = member.data_dir / "member" / "snapshots"
+    deadline = time.monotonic() + 20
+    while os.listdir(checkpoints):
+        assert time.monotonic() < deadline, os.listdir(checkpoints)
+        time.sleep(0.1)
+
+
 @pytest.mark.timeout(240)
 def test_save_under_load_restore_new_cluster(tmp_path: Path) -> None:
     source = Cluster("cairn", 3, tmp_path / "source").start()
@@ -117,6 +131,8 @@ def test_save_under_load_restore_new_cluster(tmp_path: Path) -> None:
         backup = tmp_path / "backup.db"
         saved = run_etcdctl(follower.endpoint, "snapshot", "save", str(backup))  # a follower, mid-load
         assert f"Snapshot saved at {backup}" in saved.stdout
+        assert os.listdir(follower.data_dir / "member" / "snapshots") == []  # the checkpoint is gone
+        abandon_snapshot_stream(leader)
         before = writer.done
         while writer.done < before + 50:  # writes go on after the snapshot was taken
             writer.join(0.05)

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import structlog
@@ -30,6 +30,14 @@ log = structlog.get_logger()
 SnapshotHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
+def _next_hashed(chunks: Iterator[bytes], digest: hashlib._Hash) -> bytes | None:
+    """The next chunk, already hashed: the disk read and the hashing both stay off the event loop."""
+    chunk = next(chunks, None)
+    if chunk is not None:
+        digest.update(chunk)
+    return chunk
+
+
 def snapshot_stream(client: Client) -> SnapshotHandler:
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
@@ -43,10 +51,9 @@ def snapshot_stream(client: Client) -> SnapshotHandler:
             remaining = meta.payload_size
             digest = hashlib.sha256()
             while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
+                chunk = await asyncio.to_thread(_next_hashed, chunks, digest)
                 if chunk is None:
                     break
-                digest.update(chunk)
                 remaining -= len(chunk)
                 yield rpc_pb2.SnapshotResponse(remaining_bytes=remaining, blob=chunk).SerializeToString()
             yield rpc_pb2.SnapshotResponse(remaining_bytes=0, blob=digest.digest()).SerializeToString()
