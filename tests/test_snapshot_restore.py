@@ -133,6 +133,10 @@ def test_save_under_load_restore_new_cluster(tmp_path: Path) -> None:
         assert f"Snapshot saved at {backup}" in saved.stdout
         assert os.listdir(follower.data_dir / "member" / "snapshots") == []  # the checkpoint is gone
         abandon_snapshot_stream(leader)
+        mine = tmp_path / "cairnctl-backup.db"
+        saved = cairnctl("--endpoint", leader.endpoint, "snapshot", "save", str(mine))
+        assert saved.stdout == f"Snapshot saved at {mine}\n" and "saving [" in saved.stderr
+        assert json.loads(cairnctl("snapshot", "status", str(mine), "-w", "json").stdout)["revision"] > 0
         before = writer.done
         while writer.done < before + 50:  # writes go on after the snapshot was taken
             writer.join(0.05)
@@ -208,6 +212,11 @@ def test_migrate_from_real_etcd(etcd: Server, tmp_path: Path) -> None:
     expected_leases = leases(etcd.endpoint)
     backup = tmp_path / "etcd-backup.db"
     run_etcdctl(etcd.endpoint, "snapshot", "save", str(backup))
+    also = tmp_path / "etcd-by-cairnctl.db"  # cairnctl saves from a real etcd too
+    cairnctl("--endpoint", etcd.endpoint, "snapshot", "save", str(also))
+    assert (
+        cairnctl("snapshot", "status", str(also)).stdout == cairnctl("snapshot", "status", str(backup)).stdout
+    )
 
     # cairnctl reads etcd's file exactly as etcdctl does
     for fmt in ("simple", "table", "json"):
