@@ -285,6 +285,8 @@ def check_damaged_etcd_files(backup: Path, tmp_path: Path) -> None:
         result = cairnctl("snapshot", "restore", str(bad), "--data-dir", target, *skip, check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert not os.path.exists(target)
+        if not skip:
+            assert cairnctl("snapshot", "status", str(bad), check=False).returncode == 2
 
     from actors.storage.backend import Backend
     from tools.bbolt import BoltDB

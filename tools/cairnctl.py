@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"cairnctl: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
-        print(f"cairnctl: {e.strerror}: {e.filename}", file=sys.stderr)
+        print(f"cairnctl: {e}", file=sys.stderr)
         sys.exit(2)
 
 
