@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import os
 import sys
+from dataclasses import fields
 
 import grpc
 import orjson
@@ -142,15 +143,8 @@ def _table(header: list[str], row: list[str]) -> str:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    cfg = RestoreConfig(
-        snapshot=args.file,
-        data_dir=args.data_dir,
-        name=args.name,
-        initial_cluster=args.initial_cluster,
-        initial_cluster_token=args.initial_cluster_token,
-        initial_advertise_peer_urls=args.initial_advertise_peer_urls,
-        skip_hash_check=args.skip_hash_check,
-    )
+    flags = {f.name: getattr(args, f.name) for f in fields(RestoreConfig) if f.name != "snapshot"}
+    cfg = RestoreConfig(snapshot=args.file, **flags)
     bars: list[ProgressBar] = []
 
     def bar(label: str, total: int, unit: str) -> ProgressBar:
