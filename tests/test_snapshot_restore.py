@@ -314,3 +314,27 @@ def check_damaged_etcd_files(backup: Path, tmp_path: Path) -> None:
                 backend.close()
         except ValueError:
             pass  # BoltError and friends: a clear refusal
+
+
+AETCD_SNAPSHOT = """
+import asyncio, sys
+import aetcd
+
+async def main(port, path):
+    async with aetcd.Client(host="127.0.0.1", port=port, timeout=30) as c:
+        await c.put(b"/py/a", b"1")
+        with open(path, "wb") as f:
+            await c.snapshot(f)
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+"""
+
+
+def test_python_client_snapshot(cairn: Server, tmp_path: Path) -> None:
+    """aetcd's snapshot() (grpc.aio, its own protos: run in its own interpreter) gets a valid file."""
+    path = tmp_path / "py.db"
+    subprocess.run(
+        [sys.executable, "-c", AETCD_SNAPSHOT, str(cairn.client_port), str(path)], check=True, timeout=60
+    )
+    status = json.loads(cairnctl("snapshot", "status", str(path), "-w", "json").stdout)
+    assert (status["revision"], status["totalKey"]) == (2, 1)
