@@ -7,6 +7,7 @@ versions, leases, the header revision), ``--rev`` reads of history, and the leas
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -330,11 +331,23 @@ asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
 """
 
 
-def test_python_client_snapshot(cairn: Server, tmp_path: Path) -> None:
-    """aetcd's snapshot() (grpc.aio, its own protos: run in its own interpreter) gets a valid file."""
+def test_python_client_and_rest_snapshot(cairn: Server, tmp_path: Path) -> None:
+    """aetcd's snapshot() (grpc.aio, its own protos: run in its own interpreter) and the JSON gateway's
+    POST /v3/maintenance/snapshot (newline-delimited results, base64 blobs) both give a valid file."""
     path = tmp_path / "py.db"
     subprocess.run(
         [sys.executable, "-c", AETCD_SNAPSHOT, str(cairn.client_port), str(path)], check=True, timeout=60
     )
     status = json.loads(cairnctl("snapshot", "status", str(path), "-w", "json").stdout)
     assert (status["revision"], status["totalKey"]) == (2, 1)
+
+    curl = subprocess.run(
+        ["curl", "-sS", "-X", "POST", f"{cairn.client_url}/v3/maintenance/snapshot", "-d", "{}"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    results = [json.loads(line)["result"] for line in curl.stdout.splitlines()]
+    assert int(results[0]["remaining_bytes"]) > 0 and "remaining_bytes" not in results[-1]
+    rest = tmp_path / "rest.db"
+    rest.write_bytes(b"".join(base64.b64decode(r["blob"]) for r in results))
+    assert json.loads(cairnctl("snapshot", "status", str(rest), "-w", "json").stdout)["revision"] == 2
+    assert os.listdir(cairn.data_dir / "member" / "snapshots") == []

@@ -26,6 +26,7 @@ from actors.protocol import Method
 from node.api import Client
 from plugins.rest import jsonpb
 from plugins.rest.http import Exchange, Handler, Headers
+from plugins.rest.snapshot import snapshot_handler
 
 log = structlog.get_logger()
 
@@ -109,6 +110,7 @@ SERVED: dict[tuple[str, str], Method] = {
     (_LEASE, "LeaseLeases"): Method.LEASE_LEASES,
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
     (_MAINT, "Status"): Method.STATUS,
+    (_MAINT, "Snapshot"): Method.SNAPSHOT,
 }
 
 # grpc-gateway v1's HTTPStatusFromCode
@@ -274,6 +276,10 @@ class Gateway:
                 self.handlers[path] = self._watch_handler(route)
             elif route.method == Method.LEASE_KEEPALIVE:
                 self.handlers[path] = self._keepalive_handler(route)
+            elif route.method == Method.SNAPSHOT:
+                self.handlers[path] = snapshot_handler(
+                    client, route, self.metrics, self._error, GATEWAY_OK_HEADERS
+                )
             else:
                 self.handlers[path] = self._unary_handler(route)
         self.streaming = {"/v3/watch", "/v3/lease/keepalive"}
