@@ -280,13 +280,13 @@ def check_damaged_etcd_files(backup: Path, tmp_path: Path) -> None:
     for damaged, skip, message in (
         (data[:-100], (), "snapshot missing hash but --skip-hash-check=false"),
         (data[:-32] + bytes(32), (), "snapshot file is corrupt: expected sha256"),
-        (data[: len(data) // 2], ("--skip-hash-check",), "bbolt file is"),
+        (data[: 2 * 4096], ("--skip-hash-check",), "bbolt file is"),  # the meta pages only
     ):
         bad.write_bytes(damaged)
         result = cairnctl("snapshot", "restore", str(bad), "--data-dir", target, *skip, check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert not os.path.exists(target)
-        if not skip:
+        if "expected sha256" in message:  # status refuses it too (a file merely cut short may read fine)
             assert cairnctl("snapshot", "status", str(bad), check=False).returncode == 2
 
     from actors.storage.backend import Backend
