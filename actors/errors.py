@@ -54,6 +54,12 @@ def _error(code: Code, text: str) -> EtcdError:
     return EtcdError(code, "etcdserver: " + text)
 
 
+def maintenance_auth_error(error: EtcdError) -> EtcdError:
+    """etcd 3.4's Maintenance service (Snapshot, Defragment, Hash, HashKV) answers a refused user
+    with its auth store's own error, not an rpctypes one: gRPC code Unknown, text "auth: ..."."""
+    return EtcdError(Code.UNKNOWN, "auth: " + error.message.removeprefix("etcdserver: "))
+
+
 EMPTY_KEY = _error(Code.INVALID_ARGUMENT, "key is not provided")
 KEY_NOT_FOUND = _error(Code.INVALID_ARGUMENT, "key not found")
 VALUE_PROVIDED = _error(Code.INVALID_ARGUMENT, "value is provided")
@@ -76,3 +82,21 @@ TIMEOUT = _error(Code.UNAVAILABLE, "request timed out")
 MEMBER_NOT_FOUND = _error(Code.NOT_FOUND, "member not found")
 PERMISSION_DENIED = _error(Code.PERMISSION_DENIED, "permission denied")
 INVALID_AUTH_TOKEN = _error(Code.UNAUTHENTICATED, "invalid auth token")
+ROOT_USER_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "root user does not exist")
+ROOT_ROLE_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "root user does not have root role")
+USER_ALREADY_EXIST = _error(Code.FAILED_PRECONDITION, "user name already exists")
+USER_EMPTY = _error(Code.INVALID_ARGUMENT, "user name is empty")
+USER_NOT_FOUND = _error(Code.FAILED_PRECONDITION, "user name not found")
+ROLE_ALREADY_EXIST = _error(Code.FAILED_PRECONDITION, "role name already exists")
+ROLE_NOT_FOUND = _error(Code.FAILED_PRECONDITION, "role name not found")
+ROLE_EMPTY = _error(Code.INVALID_ARGUMENT, "role name is empty")
+AUTH_FAILED = _error(Code.INVALID_ARGUMENT, "authentication failed, invalid user ID or password")
+ROLE_NOT_GRANTED = _error(Code.FAILED_PRECONDITION, "role is not granted to the user")
+PERMISSION_NOT_GRANTED = _error(Code.FAILED_PRECONDITION, "permission is not granted to the role")
+AUTH_NOT_ENABLED = _error(Code.FAILED_PRECONDITION, "authentication is not enabled")
+INVALID_AUTH_MGMT = _error(Code.INVALID_ARGUMENT, "invalid auth management")
+AUTH_OLD_REVISION = _error(Code.INVALID_ARGUMENT, "revision of auth store is old")
+# not in etcd's rpctypes table, so etcd answers its auth package's text with code Unknown
+NO_PASSWORD_USER = EtcdError(
+    Code.UNKNOWN, "auth: authentication failed, password was given for no password user"
+)

@@ -12,6 +12,9 @@ import sys
 import structlog
 import zmq
 
+from actors.auth.actor import AuthActor, AuthSettings
+from actors.auth.gate import AuthGate
+from actors.auth.tokens import token_provider
 from actors.lease.actor import LeaseActor, LeaseSettings
 from actors.loop import Loop
 from actors.raft.actor import Member, RaftActor, RaftSettings
@@ -37,6 +40,7 @@ def members(config: NodeConfig) -> tuple[Member, ...]:
 def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
     """Wire the actors of one member; storage opens first so raft knows what is already applied."""
     prefix = key_prefix(config.member_id)
+    tokens = token_provider(config.auth_token, config.auth_token_ttl)
     storage = StorageActor(
         ctx,
         StorageSettings(
@@ -47,6 +51,7 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             heartbeat_ms=config.heartbeat_interval,
             election_ms=config.election_timeout,
         ),
+        tokens,
     )
     lease = LeaseActor(ctx, LeaseSettings(prefix, election_ms=config.election_timeout))
     raft = RaftActor(
@@ -63,10 +68,12 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
         ),
     )
     limits = Limits(config.max_request_bytes, config.max_txn_ops)
-    session = SessionActor(ctx, config.core_url, config.member_id, limits)
+    gate = AuthGate(storage.auth, config.cluster_id, config.member_id)
+    session = SessionActor(ctx, config.core_url, config.member_id, limits, gate)
+    auth = AuthActor(ctx, storage.auth, AuthSettings(bcrypt_cost=config.bcrypt_cost))
     log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")
     watch = WatchActor(ctx, config.cluster_id, config.member_id, storage.store.revision)
-    return Loop([session, raft, storage, lease, watch])
+    return Loop([session, raft, storage, lease, watch, auth])
 
 
 def main() -> None:

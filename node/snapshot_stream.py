@@ -36,10 +36,10 @@ def _next_hashed(chunks: Iterator[bytes], digest: hashlib._Hash) -> bytes | None
     return chunk
 
 
-async def snapshot_chunks(client: Client, request: bytes) -> AsyncIterator[bytes]:
+async def snapshot_chunks(client: Client, request: bytes, token: str | None) -> AsyncIterator[bytes]:
     """Serialized SnapshotResponses of a fresh checkpoint; raises EtcdError before the first one if
-    the core cannot take it."""
-    directory, meta = read_ticket(await client.call(Method.SNAPSHOT, request))
+    the core cannot take it or refuses the client (only root may, once auth is on)."""
+    directory, meta = read_ticket(await client.call(Method.SNAPSHOT, request, token))
     start = time.monotonic()
     try:
         chunks = iter_payload(meta, directory)

@@ -351,3 +351,30 @@ def test_python_client_and_rest_snapshot(cairn: Server, tmp_path: Path) -> None:
     rest.write_bytes(b"".join(base64.b64decode(r["blob"]) for r in results))
     assert json.loads(cairnctl("snapshot", "status", str(rest), "-w", "json").stdout)["revision"] == 2
     assert os.listdir(cairn.data_dir / "member" / "snapshots") == []
+
+
+def _snapshot_under_auth(server: Server, tmp_path: Path) -> list[tuple[int, str]]:
+    setup = (
+        ("user", "add", "root:rootpw"), ("role", "add", "root"), ("user", "grant-role", "root", "root"),
+        ("user", "add", "svc:pw"), ("auth", "enable"),
+    )  # fmt: skip
+    for args in setup:
+        server.etcdctl(*args)
+    seen = []
+    for who in ((), ("--user", "svc:pw"), ("--user", "root:rootpw")):
+        target = tmp_path / f"{server.kind}-{len(seen)}.db"
+        result = server.etcdctl(*who, "snapshot", "save", str(target), check=False)
+        last = (result.stdout.strip() or result.stderr.strip()).splitlines()[-1]
+        seen.append((result.returncode, last.replace(str(target), "FILE")))
+    return seen
+
+
+def test_snapshot_needs_root_once_auth_is_on(tmp_path: Path) -> None:
+    """As etcd (IsAdminPermitted): no user -> "user name is empty", a user without the root role ->
+    "permission denied", root -> saved. Same answers as a real etcd's, side by side."""
+    with Server("etcd", tmp_path / "etcd") as etcd:
+        expected = _snapshot_under_auth(etcd, tmp_path)
+    with Server("cairn", tmp_path / "cairn") as cairn:
+        got = _snapshot_under_auth(cairn, tmp_path)
+    assert got == expected
+    assert expected[2] == (0, "Snapshot saved at FILE")

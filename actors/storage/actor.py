@@ -18,17 +18,22 @@ import structlog
 import zmq
 
 from actors import errors, metrics
+from actors.auth.store import CHECKED, AuthStore
+from actors.auth.tokens import TokenProvider
 from actors.lease.table import LeaseTable, min_lease_ttl
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
 from actors.protocol import (
+    AUTH_METHODS,
+    AUTHED,
     LEASE_EVENT,
     EntryType,
     Kind,
     LeaseEvent,
     Method,
     Record,
+    decode_authed,
     decode_history_query,
     decode_proposal,
     encode_history,
@@ -43,6 +48,7 @@ log = structlog.get_logger()
 
 FLUSH_POLL = 0.005  # seconds between looks at a memtable flush a snapshot waits for
 FLUSH_WAIT = 2.0  # ... and how long at most (then the checkpoint flushes what is left itself)
+REQUEST_COUNTER = (1 << 48) - 1  # the low bits of a request key; 0 for the lease actor's own proposals
 VERSION = "3.4.0"  # the etcd API version cairn speaks; clients read it from Status
 
 
@@ -59,7 +65,9 @@ class StorageSettings:
 class StorageActor(Actor):
     name = "storage"
 
-    def __init__(self, ctx: zmq.Context, settings: StorageSettings) -> None:
+    def __init__(
+        self, ctx: zmq.Context, settings: StorageSettings, tokens: TokenProvider | None = None
+    ) -> None:
         self.settings = settings
         path = os.path.join(settings.data_dir, "member", "kv")
         os.makedirs(path, exist_ok=True)
@@ -70,6 +78,8 @@ class StorageActor(Actor):
         self.snapshot_give_up = 0.0
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
+        self.auth = AuthStore(self.backend, tokens)
+        self.auth.applied_index = self.backend.applied_index
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
@@ -116,7 +126,6 @@ class StorageActor(Actor):
 
     def _apply(self, entries: list[Record]) -> None:
         mine = self.settings.key_prefix
-        store = self.store
         results = []
         for index, entry_type, data in entries:
             if index <= self.applied:
@@ -127,7 +136,7 @@ class StorageActor(Actor):
                 continue
             key, method, request = decode_proposal(data)
             try:
-                response = store.apply(Method(method), request)
+                response = self._apply_one(key, method, request, index)
             except errors.EtcdError as e:
                 result = (key, e.code, e.message.encode())
             except Exception:
@@ -141,6 +150,7 @@ class StorageActor(Actor):
             if key & 0xFFFF_0000_0000_0000 == mine:
                 results.append(result)
         self._commit()
+        self.auth.applied_index = self.applied
         self.session.extend(Kind.RESULT, results)
         if self.store.lease_events:
             self._send_lease_events(self.store.lease_events)
@@ -149,6 +159,27 @@ class StorageActor(Actor):
             revisions = [(rev, 0, pack_blobs(events)) for rev, events in self.store.watch_events]
             self.watch.extend(Kind.WATCH_EVENTS, revisions, aux=self.term)
             self.store.watch_events.clear()
+
+    def _apply_one(self, key: int, method: int, request: bytes, index: int) -> object:
+        """Check who asked (etcd's auth applier), then apply to the auth or the KV store."""
+        auth = self.auth
+        user = ""
+        if method & AUTHED:
+            user, revision, request = decode_authed(request)
+            method &= ~AUTHED
+            if auth.enabled and method in CHECKED:
+                auth.check_request(method, request, user, revision, self._lease_keys)
+        elif auth.enabled and method in CHECKED and key & REQUEST_COUNTER:
+            # proposed while auth was off, applied after it was turned on: nobody said who asked
+            raise errors.USER_EMPTY.copy()
+        if method in AUTH_METHODS:
+            return auth.apply(method, request, user, index, time.monotonic())
+        return self.store.apply(Method(method), request)
+
+    def _lease_keys(self, lease_id: int) -> list[bytes]:
+        table = self.store.leases
+        lease = table.get(lease_id) if table is not None else None
+        return sorted(lease.keys) if lease is not None else []
 
     def _send_lease_events(self, events: list[tuple]) -> None:
         records = []
@@ -177,6 +208,21 @@ class StorageActor(Actor):
         except errors.EtcdError:  # compacted: the hub cancels the watcher as etcd does
             answer = encode_history([], start, compacted=self.store.compact_revision)
         self.watch.put(Kind.RESULT, (read_id, 0, answer))
+
+    def _snapshot_request(self, key: int, method: int, body: bytes) -> None:
+        """Maintenance.Snapshot: root only once auth is on (etcd's IsAdminPermitted); the checkpoint
+        waits for a memtable flush that RocksDB's own threads do (see :meth:`on_time`)."""
+        if method & AUTHED:
+            try:
+                self.auth.check_admin(decode_authed(body)[0])
+            except errors.EtcdError as e:
+                refused = errors.maintenance_auth_error(e)
+                self.session.put(Kind.RESULT, (key, refused.code, refused.message.encode()))
+                return
+        if not self.snapshot_waiting:
+            self.backend.start_flush()
+            self.snapshot_give_up = time.monotonic() + FLUSH_WAIT
+        self.snapshot_waiting.append(key)
 
     def _checkpoint(self, key: int) -> None:
         """Maintenance.Snapshot: a checkpoint of what is applied now, for the frontend to stream."""
@@ -216,14 +262,15 @@ class StorageActor(Actor):
         if method == Method.WATCH_HISTORY:
             self._history(key, body)
             return
-        if method == Method.SNAPSHOT:
-            if not self.snapshot_waiting:  # a checkpoint flushes the memtables: let RocksDB start now
-                self.backend.start_flush()
-                self.snapshot_give_up = time.monotonic() + FLUSH_WAIT
-            self.snapshot_waiting.append(key)
+        if method & ~AUTHED == Method.SNAPSHOT:
+            self._snapshot_request(key, method, body)
             return
         answer = self.session
         try:
+            if method & AUTHED:  # checked now, against the auth state this read is served at
+                user, revision, body = decode_authed(body)
+                method &= ~AUTHED
+                self.auth.check_request(method, body, user, revision, self._lease_keys)
             if method == Method.RANGE:
                 response = self.store.range(rpc_pb2.RangeRequest.FromString(body))
             elif method == Method.LEASE_TIME_TO_LIVE:
@@ -269,6 +316,7 @@ class StorageActor(Actor):
         if now < self.next_sync:
             return
         self.next_sync = now + 1.0
+        self.auth.tokens.expire(now)
         self._export_sizes()
         if self.applied > self.synced:
             self.backend.commit(self.applied, sync=True)  # an empty synced write syncs the whole WAL

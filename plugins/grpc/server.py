@@ -19,7 +19,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from actors.errors import EtcdError
-from actors.protocol import Method
+from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from node.config import NodeConfig
 from plugins.grpc.snapshot import snapshot_stream
@@ -44,16 +44,25 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
     },
     "etcdserverpb.Maintenance": {"Status": Method.STATUS},
     "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
+    "etcdserverpb.Auth": AUTH_RPCS,
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
+def token(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's auth token: metadata ``token`` (clientv3), or ``authorization`` (as etcd reads)."""
+    for key, value in context.invocation_metadata() or ():
+        if key in ("token", "authorization"):
+            return value if isinstance(value, str) else None
+    return None
+
+
 def forward(client: Client, method: Method) -> Handler:
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return await client.call(method, request)
+            return await client.call(method, request, token(context))
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
@@ -69,7 +78,7 @@ def forward_stream(client: Client, method: Method) -> StreamHandler:
     ) -> AsyncIterator[bytes]:
         async for request in requests:
             try:
-                yield await client.call(method, request)
+                yield await client.call(method, request, token(context))
             except EtcdError as e:
                 await context.abort(grpc.StatusCode[e.code.name], e.message)
 
@@ -86,7 +95,7 @@ def watch_stream(client: Client) -> StreamHandler:
     async def handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        stream = client.open_stream()
+        stream = client.open_stream(token(context))
 
         async def forward_requests() -> None:
             async for request in requests:
@@ -162,7 +171,7 @@ class GrpcFrontend:
                     forward_stream(client, Method.LEASE_KEEPALIVE)
                 )
             if service == "etcdserverpb.Maintenance":
-                table["Snapshot"] = grpc.unary_stream_rpc_method_handler(snapshot_stream(client))
+                table["Snapshot"] = grpc.unary_stream_rpc_method_handler(snapshot_stream(client, token))
             handlers.append(grpc.method_handlers_generic_handler(service, table))
         watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
         handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))

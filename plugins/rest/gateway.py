@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from actors import metrics
 from actors.errors import Code, EtcdError
 from actors.proto import rpc_pb2, v3election_pb2, v3lock_pb2
-from actors.protocol import Method
+from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from plugins.rest import jsonpb
 from plugins.rest.http import Exchange, Handler, Headers
@@ -111,6 +111,7 @@ SERVED: dict[tuple[str, str], Method] = {
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
     (_MAINT, "Status"): Method.STATUS,
     (_MAINT, "Snapshot"): Method.SNAPSHOT,
+    **{(_AUTH, name): method for name, method in AUTH_RPCS.items()},
 }
 
 # grpc-gateway v1's HTTPStatusFromCode
@@ -278,7 +279,7 @@ class Gateway:
                 self.handlers[path] = self._keepalive_handler(route)
             elif route.method == Method.SNAPSHOT:
                 self.handlers[path] = snapshot_handler(
-                    client, route, self.metrics, self._error, GATEWAY_OK_HEADERS
+                    client, route, self.metrics, self._error, GATEWAY_OK_HEADERS, token
                 )
             else:
                 self.handlers[path] = self._unary_handler(route)
@@ -325,7 +326,7 @@ class Gateway:
                 await self._error(exchange, Code.RESOURCE_EXHAUSTED, text, route, start)
                 return
             try:
-                answer = await self.client.call(method, data)
+                answer = await self.client.call(method, data, token(exchange))
             except EtcdError as e:
                 await self._error(exchange, e.code, e.message, route, start)
                 return
@@ -378,7 +379,7 @@ class Gateway:
             ok, first = await self._first_request(exchange, decoder, route)
             if not ok:
                 return
-            stream = self.client.open_stream()
+            stream = self.client.open_stream(token(exchange))
             reader: asyncio.Task[None] | None = None
             code = "OK"
             try:
@@ -430,7 +431,7 @@ class Gateway:
             code = "OK"
             while request is not None:
                 try:
-                    answer = await self.client.call(method, request.SerializeToString())
+                    answer = await self.client.call(method, request.SerializeToString(), token(exchange))
                 except EtcdError as e:
                     code = metrics.GRPC_CODE_NAMES[e.code]
                     await exchange.write(stream_error_chunk(e.code, e.message))
@@ -490,6 +491,12 @@ class Gateway:
             registry = REGISTRY
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
         await exchange.respond(200, body, [*CORS, (b"content-type", METRICS_CONTENT_TYPE)])
+
+
+def token(exchange: Exchange) -> str | None:
+    """The client's auth token: the ``Authorization`` header, its raw value (etcd's gateway passes
+    it on as gRPC metadata ``authorization``, which etcd reads as the token)."""
+    return exchange.headers.get("authorization")
 
 
 def _cluster_version(server: str) -> str:

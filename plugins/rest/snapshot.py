@@ -27,9 +27,15 @@ ErrorAnswer = Callable[[Exchange, int, str, "Route", float], Awaitable[None]]
 
 
 def snapshot_handler(
-    client: Client, route: Route, counters: FrontendMetrics, error: ErrorAnswer, ok_headers: Headers
+    client: Client,
+    route: Route,
+    counters: FrontendMetrics,
+    error: ErrorAnswer,
+    ok_headers: Headers,
+    token: Callable[[Exchange], str | None],
 ) -> Handler:
-    """The path's handler; ``error`` answers a failure before the stream starts, as unary calls do."""
+    """The path's handler; ``error`` answers a failure before the stream starts, as unary calls do,
+    ``token`` reads the client's auth token."""
 
     async def handler(exchange: Exchange) -> None:
         start = time.perf_counter()
@@ -39,7 +45,7 @@ def snapshot_handler(
         except jsonpb.JsonError as e:
             await error(exchange, Code.INVALID_ARGUMENT, str(e), route, start)
             return
-        chunks = snapshot_chunks(client, request.SerializeToString())
+        chunks = snapshot_chunks(client, request.SerializeToString(), token(exchange))
         try:
             chunk: bytes | None = await anext(chunks)
         except EtcdError as e:  # the core could not take a checkpoint
