@@ -40,9 +40,14 @@ from actors.protocol import (
     pack_blobs,
     unpack,
 )
-from actors.storage.backend import Backend
+from actors.storage.alarms import AlarmTable, alarm_text
+from actors.storage.backend import APPLIED_INDEX, AUTH, KV, LEASE, META, Backend
 from actors.storage.checkpoint import checkpoints_dir, clear_checkpoints, take_checkpoint, ticket
+from actors.storage.defrag import Defragmenter
+from actors.storage.hashes import hash_backend
 from actors.storage.mvcc import MvccStore
+from actors.storage.quota import CHARGED
+from actors.storage.validate import parse
 
 log = structlog.get_logger()
 
@@ -78,6 +83,7 @@ class StorageActor(Actor):
         self.snapshot_give_up = 0.0
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
+        self.alarms = AlarmTable(self.backend)
         self.auth = AuthStore(self.backend, tokens)
         self.auth.applied_index = self.backend.applied_index
         self.inbox = inbox(ctx, self.name)
@@ -91,6 +97,8 @@ class StorageActor(Actor):
         self.uncommitted = False
         self.synced = self.applied
         self.metrics = metrics.core()
+        # a run defragments the backend of the moment it starts (a raft snapshot install swaps it)
+        self.defrag = Defragmenter(ctx, lambda: self.backend.defragment(), self.metrics.defrag)
         self.metrics.proposals_applied.set(self.applied)
         self._export_sizes()
         self.next_sync = time.monotonic() + 1.0
@@ -101,9 +109,13 @@ class StorageActor(Actor):
         return self.applied
 
     def sockets(self) -> Sequence[zmq.Socket]:
-        return (self.inbox,)
+        return (self.inbox, self.defrag.done)
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        if sock is self.defrag.done:
+            for (report,) in messages:
+                self._defragmented(report)
+            return
         for (frame,) in messages:
             kind, aux, records = unpack(frame)
             if kind == Kind.COMMITTED:
@@ -127,6 +139,7 @@ class StorageActor(Actor):
     def _apply(self, entries: list[Record]) -> None:
         mine = self.settings.key_prefix
         results = []
+        grew = False
         for index, entry_type, data in entries:
             if index <= self.applied:
                 continue  # replayed after a restart: already in the store
@@ -135,6 +148,7 @@ class StorageActor(Actor):
             if entry_type != EntryType.NORMAL:
                 continue
             key, method, request = decode_proposal(data)
+            grew = grew or (method & ~AUTHED) in CHARGED
             try:
                 response = self._apply_one(key, method, request, index)
             except errors.EtcdError as e:
@@ -145,13 +159,16 @@ class StorageActor(Actor):
                 log.exception("apply_failed", index=index, method=method)
                 result = (key, errors.Code.INTERNAL, b"cairn: internal error applying this request")
             else:
-                self._header(response)
+                if method != Method.ALARM:  # etcd's AlarmResponse carries no header at all
+                    self._header(response)
                 result = (key, 0, response.SerializeToString())
             if key & 0xFFFF_0000_0000_0000 == mine:
                 results.append(result)
         self._commit()
         self.auth.applied_index = self.applied
         self.session.extend(Kind.RESULT, results)
+        if grew:  # behind the results: the session stops charging them as it learns the new size
+            self.session.signal(Kind.DB_SIZE, self.backend.size_bytes())
         if self.store.lease_events:
             self._send_lease_events(self.store.lease_events)
             self.store.lease_events.clear()
@@ -174,6 +191,11 @@ class StorageActor(Actor):
             raise errors.USER_EMPTY.copy()
         if method in AUTH_METHODS:
             return auth.apply(method, request, user, index, time.monotonic())
+        if method == Method.ALARM:
+            return self.alarms.apply(request)
+        refusal = self.alarms.refusal(method, request)
+        if refusal is not None:
+            raise refusal.copy()
         return self.store.apply(Method(method), request)
 
     def _lease_keys(self, lease_id: int) -> list[bytes]:
@@ -265,6 +287,12 @@ class StorageActor(Actor):
         if method & ~AUTHED == Method.SNAPSHOT:
             self._snapshot_request(key, method, body)
             return
+        if method == Method.DEFRAGMENT:
+            log.info(
+                "defragment_requested", db_size=self.backend.size_bytes(), running=bool(self.defrag.running)
+            )
+            self.defrag.request(key)
+            return
         answer = self.session
         try:
             if method & AUTHED:  # checked now, against the auth state this read is served at
@@ -280,14 +308,23 @@ class StorageActor(Actor):
             elif method == Method.LEASE_LEASES:
                 response = self.store.lease_leases()
             elif method == Method.LEASE_KEEPALIVE:
-                response = rpc_pb2.LeaseKeepAliveResponse.FromString(body)  # from the lease actor
+                # the header before the renewal, as etcd: its revision is never one after the renewal
+                lease_id = rpc_pb2.LeaseKeepAliveRequest.FromString(body).ID
+                response = rpc_pb2.LeaseKeepAliveResponse(ID=lease_id)
+                answer = self.lease  # the leader's clock renews it
             elif method == Method.STATUS:
                 response = rpc_pb2.StatusResponse.FromString(body)
                 response.version = VERSION
-                response.dbSize = response.dbSizeInUse = self.backend.size_bytes()
+                response.dbSize = self.backend.size_bytes()
+                response.dbSizeInUse = self.backend.size_in_use_bytes()
+                response.errors.extend(alarm_text(alarm, member) for alarm, member in self.alarms.active())
                 response.raftAppliedIndex = self.applied
             elif method == Method.MEMBER_LIST:
                 response = rpc_pb2.MemberListResponse.FromString(body)
+            elif method == Method.HASH_KV:
+                response = self._hash_kv(body)
+            elif method == Method.HASH:
+                response = rpc_pb2.HashResponse(hash=self._hash_backend())
             else:
                 raise errors.EtcdError(errors.Code.UNIMPLEMENTED, f"method {method} is not a read")
         except errors.EtcdError as e:
@@ -300,6 +337,40 @@ class StorageActor(Actor):
             answer.put(Kind.RESULT, (key, 0, response.SerializeToString()))
         else:
             answer.put(Kind.READ, (key, method, response.SerializeToString()))
+
+    def _hash_kv(self, body: bytes) -> rpc_pb2.HashKVResponse:
+        request = parse(rpc_pb2.HashKVRequest, body)
+        start = time.perf_counter()
+        value, compact = self.store.hash_kv(request.revision)
+        seconds = time.perf_counter() - start
+        self.metrics.hash_rev.observe(seconds)
+        log.info("hash_kv", revision=request.revision, seconds=round(seconds, 3))
+        return rpc_pb2.HashKVResponse(hash=value, compact_revision=compact)
+
+    def _hash_backend(self) -> int:
+        """Every replicated row of the backend; the applied index is this member's own progress."""
+        start = time.perf_counter()
+        scan = self.backend.scan
+        column_families = (
+            (KV, self.backend.scan_kv()),
+            (META, scan(META)),
+            (LEASE, scan(LEASE)),
+            (AUTH, scan(AUTH)),
+        )
+        value = hash_backend(column_families, frozenset({(META, APPLIED_INDEX)}))
+        self.metrics.hash.observe(time.perf_counter() - start)
+        return value
+
+    def _defragmented(self, report: bytes) -> None:
+        """A defragment run finished: answer the requests it served."""
+        answered, error = self.defrag.finished(report)
+        size = self._export_sizes()
+        log.info("defragment_answered", requests=len(answered), db_size=size, error=error)
+        for key in answered:
+            if error is None:  # etcd's DefragmentResponse has no header: empty
+                self.session.put(Kind.RESULT, (key, 0, b""))
+            else:
+                self.session.put(Kind.RESULT, (key, errors.Code.INTERNAL, error.encode()))
 
     def deadline(self) -> float | None:
         if self.snapshot_waiting:
@@ -323,11 +394,14 @@ class StorageActor(Actor):
             self.synced = self.applied
             self.raft.signal(Kind.APPLIED_DURABLE, self.synced)
 
-    def _export_sizes(self) -> None:
+    def _export_sizes(self) -> int:
+        """Measure the backend for the metrics and for the session's space quota; return its size."""
         size = self.backend.size_bytes()
         self.metrics.db_size.set(size)
-        self.metrics.db_size_in_use.set(size)
+        self.metrics.db_size_in_use.set(self.backend.size_in_use_bytes())
         self.metrics.keys_total.set(self.store.key_count)
+        self.session.signal(Kind.DB_SIZE, size)
+        return size
 
     def flush(self) -> None:
         self.session.flush()
@@ -336,6 +410,7 @@ class StorageActor(Actor):
         self.watch.flush()
 
     def close(self) -> None:
+        self.defrag.close()
         self._commit()
         self.inbox.close(linger=0)
         for mailbox in (self.session, self.raft, self.lease, self.watch):

@@ -215,6 +215,13 @@ class KeyIndex:
         """How many keys of the range existed at ``at_rev``."""
         return len(self.revisions(key, range_end, at_rev))
 
+    def keep(self, at_rev: int) -> set[bytes]:
+        """The put revisions a compaction at ``at_rev`` would keep at or below it (etcd's Keep):
+        each key's revision visible at ``at_rev``, if the key existed then."""
+        bound = revision_bound(at_rev)
+        visible = (_visible(entry[2], bound) for entry in self._entries.values())
+        return {rev for rev in visible if rev is not None}
+
     def compact(self, at_rev: int) -> list[bytes]:
         """Forget history older than ``at_rev``; return the row keys that can be deleted from disk.
 

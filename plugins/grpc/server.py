@@ -27,6 +27,7 @@ from plugins.grpc.snapshot import snapshot_stream
 log = structlog.get_logger()
 
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets a gRPC message exceed max-request-bytes by this much
+STREAM_IN_FLIGHT = 1024  # keep-alives of one stream at the core at once; more wait (gRPC flow control)
 
 UNARY_METHODS: dict[str, dict[str, Method]] = {
     "etcdserverpb.KV": {
@@ -42,7 +43,13 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
         "LeaseTimeToLive": Method.LEASE_TIME_TO_LIVE,
         "LeaseLeases": Method.LEASE_LEASES,
     },
-    "etcdserverpb.Maintenance": {"Status": Method.STATUS},
+    "etcdserverpb.Maintenance": {
+        "Status": Method.STATUS,
+        "Defragment": Method.DEFRAGMENT,
+        "Hash": Method.HASH,
+        "HashKV": Method.HASH_KV,
+        "Alarm": Method.ALARM,
+    },
     "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
     "etcdserverpb.Auth": AUTH_RPCS,
 }
@@ -71,16 +78,50 @@ def forward(client: Client, method: Method) -> Handler:
 
 
 def forward_stream(client: Client, method: Method) -> StreamHandler:
-    """A bidirectional stream where each request gets one response (LeaseKeepAlive)."""
+    """A bidirectional stream where each request gets one response (LeaseKeepAlive).
+
+    Requests are pipelined (up to ``STREAM_IN_FLIGHT`` per stream) and each answer is sent as it
+    comes: clientv3 keeps every lease of a client alive on one stream and matches answers by lease
+    id, so one slow keep-alive (a follower's, waiting for a new leader) must not hold up the rest,
+    nor may the stream's rate be one core round trip at a time. An error ends the stream, as etcd's.
+    """
 
     async def handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for request in requests:
+        answers: asyncio.Queue[bytes | EtcdError | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        calls: set[asyncio.Task[None]] = set()
+
+        async def call(request: bytes) -> None:
             try:
-                yield await client.call(method, request, token(context))
+                answers.put_nowait(await client.call(method, request, token(context)))
             except EtcdError as e:
-                await context.abort(grpc.StatusCode[e.code.name], e.message)
+                answers.put_nowait(e)
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()
+                    task = asyncio.create_task(call(request))
+                    calls.add(task)
+                    task.add_done_callback(calls.discard)
+                await asyncio.gather(*calls)
+            finally:
+                answers.put_nowait(None)  # the client half-closed and everything is answered
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                if isinstance(answer, EtcdError):
+                    await context.abort(grpc.StatusCode[answer.code.name], answer.message)
+                yield answer
+        finally:
+            reader.cancel()
+            for task in list(calls):
+                task.cancel()
 
     return handler
 

@@ -15,6 +15,7 @@ import codecs
 import os
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 import structlog
 from google.protobuf.message import Message
@@ -111,6 +112,9 @@ SERVED: dict[tuple[str, str], Method] = {
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
     (_MAINT, "Status"): Method.STATUS,
     (_MAINT, "Snapshot"): Method.SNAPSHOT,
+    (_MAINT, "Defragment"): Method.DEFRAGMENT,
+    (_MAINT, "Hash"): Method.HASH,
+    (_MAINT, "Alarm"): Method.ALARM,
     **{(_AUTH, name): method for name, method in AUTH_RPCS.items()},
 }
 
@@ -451,11 +455,19 @@ class Gateway:
 
     # -- health, version, metrics ------------------------------------------------------------------------
     async def health(self, exchange: Exchange) -> None:
-        """etcd's /health: true only if a quorum read (a linearizable range here) succeeds within 1 s."""
+        """etcd's /health: false while an alarm not named in ``?exclude=`` is active, else true only
+        if a quorum read (a linearizable range here) succeeds within 1 s."""
         request = rpc_pb2.RangeRequest(key=self.health_key, count_only=True).SerializeToString()
         try:
-            await asyncio.wait_for(self.client.call(Method.RANGE, request), HEALTH_TIMEOUT)
-            healthy = True
+            answer = await asyncio.wait_for(self.client.call(Method.STATUS, b""), HEALTH_TIMEOUT)
+            excluded = set(parse_qs(exchange.query).get("exclude", ()))
+            errors = rpc_pb2.StatusResponse.FromString(answer).errors  # alarms as "memberID:1 alarm:NOSPACE "
+            raised = {e.partition("alarm:")[2].strip() for e in errors} - {""} - excluded
+            healthy = not raised
+            if raised:
+                log.warning("health_check_alarmed", alarms=sorted(raised))
+            else:
+                await asyncio.wait_for(self.client.call(Method.RANGE, request), HEALTH_TIMEOUT)
         except (EtcdError, TimeoutError) as e:
             healthy = False
             log.warning("health_check_failed", error=getattr(e, "message", None) or type(e).__name__)
