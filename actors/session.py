@@ -45,7 +45,9 @@ TOKEN_RETRY = 0.005  # seconds between retries of requests whose token this memb
 KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
 ALARM_RETRY = 1.0  # seconds between two NOSPACE alarm proposals of this member
-MEMBER_LOCAL = frozenset({Method.DEFRAGMENT, Method.HASH, Method.HASH_KV})  # served by this member's storage
+MEMBER_LOCAL = frozenset(  # served by this member's storage
+    {Method.DEFRAGMENT, Method.HASH, Method.HASH_KV, Method.SNAPSHOT}
+)
 MAINTENANCE_REQUESTS = {
     Method.DEFRAGMENT: rpc_pb2.DefragmentRequest,
     Method.HASH: rpc_pb2.HashRequest,

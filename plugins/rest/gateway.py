@@ -31,6 +31,7 @@ from plugins.grpc.election import ElectionService
 from plugins.grpc.lock import LockService
 from plugins.rest import jsonpb
 from plugins.rest.http import Exchange, Handler, Headers
+from plugins.rest.snapshot import snapshot_handler
 
 log = structlog.get_logger()
 
@@ -114,6 +115,7 @@ SERVED: dict[tuple[str, str], Method] = {
     (_LEASE, "LeaseLeases"): Method.LEASE_LEASES,
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
     (_MAINT, "Status"): Method.STATUS,
+    (_MAINT, "Snapshot"): Method.SNAPSHOT,
     (_MAINT, "Defragment"): Method.DEFRAGMENT,
     (_MAINT, "Hash"): Method.HASH,
     (_MAINT, "Alarm"): Method.ALARM,
@@ -305,6 +307,10 @@ class Gateway:
                 self.handlers[path] = self._watch_handler(route)
             elif route.method == Method.LEASE_KEEPALIVE:
                 self.handlers[path] = self._keepalive_handler(route)
+            elif route.method == Method.SNAPSHOT:
+                self.handlers[path] = snapshot_handler(
+                    client, route, self.metrics, self._error, GATEWAY_OK_HEADERS, token
+                )
             else:
                 self.handlers[path] = self._unary_handler(route, functools.partial(client.call, route.method))
         self.streaming = {"/v3/watch", "/v3/lease/keepalive"}
