@@ -33,6 +33,7 @@ from actors.protocol import (
     pack,
     unpack,
 )
+from actors.storage.mvcc import is_txn_readonly
 from actors.storage.quota import CHARGED, SpaceQuota
 from actors.storage.validate import REQUEST_TYPES, check_message, decode, parse
 
@@ -245,7 +246,9 @@ class SessionActor(Actor):
             else:
                 self.raft.put(Kind.PROPOSE, (key, routed, body))  # applied in log order, as etcd
             return
-        if method in WRITES:
+        if method == Method.TXN and is_txn_readonly(message):
+            self.raft.put(Kind.READ, (key, routed, body))  # etcd serves read-only txns as reads
+        elif method in WRITES:
             if method == Method.LEASE_GRANT:
                 body = self._with_lease_id(body)
             self.raft.put(Kind.PROPOSE, (key, routed, body))

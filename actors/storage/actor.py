@@ -301,6 +301,8 @@ class StorageActor(Actor):
                 self.auth.check_request(method, body, user, revision, self._lease_keys)
             if method == Method.RANGE:
                 response = self.store.range(rpc_pb2.RangeRequest.FromString(body))
+            elif method == Method.TXN:  # read-only (the session proposes every other txn)
+                response = self.store.txn(rpc_pb2.TxnRequest.FromString(body))
             elif method == Method.LEASE_TIME_TO_LIVE:
                 response = self.store.lease_time_to_live(rpc_pb2.LeaseTimeToLiveRequest.FromString(body))
                 if response.TTL != -1:
