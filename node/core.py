@@ -53,7 +53,18 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
         ),
         tokens,
     )
-    lease = LeaseActor(ctx, LeaseSettings(prefix, election_ms=config.election_timeout))
+    limits = Limits(
+        config.max_request_bytes, config.max_txn_ops, quota_backend_bytes=config.quota_backend_bytes
+    )
+    lease = LeaseActor(
+        ctx,
+        LeaseSettings(
+            config.member_id,
+            prefix,
+            election_ms=config.election_timeout,
+            request_timeout=limits.request_timeout,
+        ),
+    )
     raft = RaftActor(
         ctx,
         RaftSettings(
@@ -67,7 +78,6 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             applied=storage.applied_index,
         ),
     )
-    limits = Limits(config.max_request_bytes, config.max_txn_ops)
     gate = AuthGate(storage.auth, config.cluster_id, config.member_id)
     session = SessionActor(ctx, config.core_url, config.member_id, limits, gate)
     auth = AuthActor(ctx, storage.auth, AuthSettings(bcrypt_cost=config.bcrypt_cost))

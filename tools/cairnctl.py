@@ -15,7 +15,8 @@ import grpc
 
 from actors.errors import EtcdError
 from actors.proto import rpc_pb2, rpc_pb2_grpc
-from tools import cairnctl_native
+from tools import cairnctl_native, snapshotctl
+from tools.nospace import explain_nospace, is_nospace
 
 
 def prefix_end(key: bytes) -> bytes:
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command in cairnctl_native.COMMANDS:
         return cairnctl_native.run(args)
     channel = grpc.insecure_channel(args.endpoint)
+    if args.command == "snapshot":
+        return snapshotctl.run(args, channel)
     kv = rpc_pb2_grpc.KVStub(channel)
     timeout = args.timeout
     if args.command == "put":
@@ -152,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     txn.add_argument("--success", action="append", default=[])
     txn.add_argument("--failure", action="append", default=[])
     sub.add_parser("status", help="the member's raft and storage status")
+    snapshotctl.add_parser(sub)
     cairnctl_native.add_parsers(sub)
     return p
 
@@ -162,11 +166,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run(args))
     except grpc.RpcError as e:
         print(f"cairnctl: {e.details()} ({e.code().name})", file=sys.stderr)
+        if is_nospace(e):
+            print(explain_nospace(args.endpoint, args.timeout), file=sys.stderr)
         sys.exit(1)
     except EtcdError as e:
         print(f"cairnctl: {e.message} ({e.code.name})", file=sys.stderr)
         sys.exit(1)
-    except ValueError as e:
+    except ValueError as e:  # bad input, or a snapshot refused (SnapshotError, BoltError, RestoreError)
+        print(f"cairnctl: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
         print(f"cairnctl: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -26,7 +26,7 @@ from actors.protocol import Kind, Method, Record, encode_proposal, unpack
 from actors.raft.core import NotLeader, RaftCore, Ready
 from actors.raft.durable import DurableLog
 from actors.raft.syncer import LogSyncer
-from actors.raft.transport import PeerTransport
+from actors.raft.transport import LEASE_KINDS, PeerTransport
 
 log = structlog.get_logger()
 
@@ -116,11 +116,13 @@ class RaftActor(Actor):
             self._drain_ready()
             return
         if sock is self.transport.inbound:
-            peer_messages, forwarded = self.transport.receive(messages)
+            peer_messages, forwarded, lease = self.transport.receive(messages)
             for message in peer_messages:
                 self.core.step(message)
             if forwarded:
                 self._propose(forwarded)
+            for sender, kind, records in lease:
+                self.lease.extend(kind, records, aux=sender)
             self._drain_ready()
             return
         proposals: list[Record] = []
@@ -137,6 +139,8 @@ class RaftActor(Actor):
                         reads.append(record)
             elif kind == Kind.APPLIED_DURABLE:
                 self._compact(aux)
+            elif kind in LEASE_KINDS:
+                self._relay_lease(kind, aux, records)
         if proposals:
             self._propose(proposals)
         if reads:
@@ -150,6 +154,13 @@ class RaftActor(Actor):
         except NotLeader as e:
             if not (e.leader_id and self.transport.forward(e.leader_id, proposals)):
                 self._fail(proposals, errors.NO_LEADER)
+
+    def _relay_lease(self, kind: int, to: int, records: list[Record]) -> None:
+        """The lease actor's frames for member ``to``'s lease actor (this member's own included)."""
+        if to == self.settings.member_id:
+            self.lease.extend(kind, records, aux=to)
+        else:
+            self.transport.send_lease(to, kind, records)
 
     def _read_index(self, reads: list[Record]) -> None:
         """One ReadIndex request for the whole batch: one heartbeat round serves them all."""
@@ -222,15 +233,13 @@ class RaftActor(Actor):
             self.metrics.proposals_pending.set(self.core.last_index - self.committed)
         if rd.leader_id != self.leader_id:
             log.info("raft_leader_changed", leader=f"{rd.leader_id:x}", term=rd.term)
-            was_leader = self.leader_id == self.settings.member_id
             self.leader_id = rd.leader_id
             is_leader = rd.leader_id == self.settings.member_id
             self.metrics.has_leader.set(int(bool(rd.leader_id)))
             self.metrics.is_leader.set(int(is_leader))
             if rd.leader_id:
                 self.metrics.leader_changes.inc()
-            if is_leader != was_leader:
-                self.lease.signal(Kind.LEADERSHIP, int(is_leader))
+            self.lease.signal(Kind.LEADER, rd.leader_id)
         self.core.advance(rd)
 
     def _release_reads(self) -> None:

@@ -7,6 +7,8 @@ nothing queued for a peer that is not connected; the high-water mark bounds the 
 
 Two kinds of peer frames travel here: raft messages (:mod:`actors.raft.codec`) and proposals a
 follower forwards to the leader (the envelope of :mod:`actors.protocol`, behind its own magic).
+The lease actors use the link too (a follower's keep-alives to the leader's lease clock, and its
+answers): the same envelope behind LEASE_MAGIC, handed to and from the lease actor unopened.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from actors.raft.core import Message
 log = structlog.get_logger()
 
 FORWARD_MAGIC = b"CRNF"
+LEASE_MAGIC = b"CRNL"  # + sender id:u64 + pack(Kind.LEASE_FORWARD or LEASE_REPLY, records, aux=cluster id)
+LEASE_KINDS = frozenset({Kind.LEASE_FORWARD, Kind.LEASE_REPLY})
 PEER_HWM = 10000
 FAULT_FILE_ENV = "CAIRN_FAULT_FILE"  # tests only: a file naming peers to cut this member off from
 
@@ -124,14 +128,31 @@ class PeerTransport:
         self._send(leader, FORWARD_MAGIC + sender + pack(Kind.PROPOSE, proposals, aux=self.cluster_id))
         return True
 
-    def receive(self, messages: list[list[bytes]]) -> tuple[list[Message], list[Record]]:
-        """Decode what arrived: raft messages for the core, proposals forwarded by followers."""
+    def send_lease(self, peer: int, kind: int, records: list[Record]) -> None:
+        """A frame for ``peer``'s lease actor; lost if the link is down (the lease actor resends)."""
+        sender = self.member_id.to_bytes(8, "big")
+        self._send(peer, LEASE_MAGIC + sender + pack(kind, records, aux=self.cluster_id))
+
+    def receive(
+        self, messages: list[list[bytes]]
+    ) -> tuple[list[Message], list[Record], list[tuple[int, int, list[Record]]]]:
+        """Decode what arrived: raft messages for the core, proposals forwarded by followers, and
+        ``(sender, kind, records)`` for the lease actor."""
         raft: list[Message] = []
         forwarded: list[Record] = []
+        lease: list[tuple[int, int, list[Record]]] = []
         for parts in messages:
             frame = parts[-1]
             try:
-                if frame.startswith(FORWARD_MAGIC):
+                if frame.startswith(LEASE_MAGIC):
+                    start = len(LEASE_MAGIC) + 8
+                    sender = int.from_bytes(frame[len(LEASE_MAGIC) : start], "big")
+                    kind, cluster, records = unpack(frame[start:])
+                    if kind not in LEASE_KINDS or cluster != self.cluster_id:
+                        raise MalformedFrame("lease frame of another kind or cluster")
+                    if sender not in self.cut:
+                        lease.append((sender, kind, records))
+                elif frame.startswith(FORWARD_MAGIC):
                     start = len(FORWARD_MAGIC) + 8
                     sender = int.from_bytes(frame[len(FORWARD_MAGIC) : start], "big")
                     kind, cluster, records = unpack(frame[start:])
@@ -147,7 +168,7 @@ class PeerTransport:
                     )
             except MalformedFrame as e:
                 log.warning("peer_frame_dropped", error=str(e), size=len(frame))
-        return raft, forwarded
+        return raft, forwarded, lease
 
     def close(self) -> None:
         self.inbound.close(linger=0)
