@@ -24,10 +24,9 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     Method.COMPACT: rpc_pb2.CompactionRequest,
 }
 
-# Other requests are only parsed before they go further: bytes that are no message are refused
-# here, never left to crash the actor that would read them (a gRPC client can send any bytes).
-PARSED_TYPES: dict[int, type[Message]] = {
-    **REQUEST_TYPES,
+# Lease requests are only parsed before they go further: bytes that are no message are refused
+# up front, never left to crash the actor that would read them (a gRPC client can send any bytes).
+LEASE_REQUESTS: dict[int, type[Message]] = {
     Method.LEASE_GRANT: rpc_pb2.LeaseGrantRequest,
     Method.LEASE_REVOKE: rpc_pb2.LeaseRevokeRequest,
     Method.LEASE_KEEPALIVE: rpc_pb2.LeaseKeepAliveRequest,
@@ -65,8 +64,6 @@ def validate(method: int, request: bytes, max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     Returns the parsed KV request (None for other methods), so the caller need not parse it again.
     """
     if method not in REQUEST_TYPES:
-        if method in PARSED_TYPES:
-            parse(PARSED_TYPES[method], request)
         return None
     message = decode(method, request)
     check_message(method, message, max_txn_ops)
