@@ -74,6 +74,7 @@ class Method(IntEnum):
     WATCH_HISTORY = 16  # watch -> storage (READ) and back (RESULT): past events for a catching-up watcher
     STATUS = 20
     MEMBER_LIST = 21
+    SNAPSHOT = 30  # answered with actors.storage.checkpoint.ticket(): the frontend streams the files
     DEFRAGMENT = 31  # per member, not replicated: compacts this member's RocksDB
     HASH = 32  # per member: crc32c of the whole backend
     HASH_KV = 33  # per member: etcd's HashKV of the MVCC rows up to a revision

@@ -35,7 +35,7 @@ from actors.protocol import (
 )
 from actors.storage.mvcc import is_txn_readonly
 from actors.storage.quota import CHARGED, SpaceQuota
-from actors.storage.validate import REQUEST_TYPES, check_message, decode, parse
+from actors.storage.validate import LEASE_REQUESTS, REQUEST_TYPES, check_message, decode, parse
 
 log = structlog.get_logger()
 
@@ -46,7 +46,9 @@ TOKEN_RETRY = 0.005  # seconds between retries of requests whose token this memb
 KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
 ALARM_RETRY = 1.0  # seconds between two NOSPACE alarm proposals of this member
-MEMBER_LOCAL = frozenset({Method.DEFRAGMENT, Method.HASH, Method.HASH_KV})  # served by this member's storage
+MEMBER_LOCAL = frozenset(  # served by this member's storage
+    {Method.DEFRAGMENT, Method.HASH, Method.HASH_KV, Method.SNAPSHOT}
+)
 MAINTENANCE_REQUESTS = {
     Method.DEFRAGMENT: rpc_pb2.DefragmentRequest,
     Method.HASH: rpc_pb2.HashRequest,
@@ -225,6 +227,8 @@ class SessionActor(Actor):
                 check_message(method, message, self.limits.max_txn_ops)
             elif method in MAINTENANCE_REQUESTS:
                 parse(MAINTENANCE_REQUESTS[method], body)
+            elif method in LEASE_REQUESTS:
+                parse(LEASE_REQUESTS[method], body)
             proposed = method in WRITES or method in AUTH_METHODS
             if proposed and proposal_size(key, body) > self.limits.max_request_bytes:
                 raise errors.REQUEST_TOO_LARGE.copy()

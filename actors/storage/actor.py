@@ -42,6 +42,7 @@ from actors.protocol import (
 )
 from actors.storage.alarms import AlarmTable, alarm_text
 from actors.storage.backend import APPLIED_INDEX, AUTH, KV, LEASE, META, Backend
+from actors.storage.checkpoint import checkpoints_dir, clear_checkpoints, take_checkpoint, ticket
 from actors.storage.defrag import Defragmenter
 from actors.storage.hashes import hash_backend
 from actors.storage.mvcc import MvccStore
@@ -50,6 +51,8 @@ from actors.storage.validate import parse
 
 log = structlog.get_logger()
 
+FLUSH_POLL = 0.005  # seconds between looks at a memtable flush a snapshot waits for
+FLUSH_WAIT = 2.0  # ... and how long at most (then the checkpoint flushes what is left itself)
 REQUEST_COUNTER = (1 << 48) - 1  # the low bits of a request key; 0 for the lease actor's own proposals
 VERSION = "3.4.0"  # the etcd API version cairn speaks; clients read it from Status
 
@@ -74,6 +77,10 @@ class StorageActor(Actor):
         path = os.path.join(settings.data_dir, "member", "kv")
         os.makedirs(path, exist_ok=True)
         self.backend = Backend(path)
+        clear_checkpoints(settings.data_dir)
+        self.checkpoints = 0
+        self.snapshot_waiting: list[int] = []  # Maintenance.Snapshot requests waiting for the flush
+        self.snapshot_give_up = 0.0
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
         self.alarms = AlarmTable(self.backend)
@@ -224,10 +231,61 @@ class StorageActor(Actor):
             answer = encode_history([], start, compacted=self.store.compact_revision)
         self.watch.put(Kind.RESULT, (read_id, 0, answer))
 
+    def _snapshot_request(self, key: int, method: int, body: bytes) -> None:
+        """Maintenance.Snapshot: root only once auth is on (etcd's IsAdminPermitted); the checkpoint
+        waits for a memtable flush that RocksDB's own threads do (see :meth:`on_time`)."""
+        if method & AUTHED:
+            try:
+                self.auth.check_admin(decode_authed(body)[0])
+            except errors.EtcdError as e:
+                refused = errors.maintenance_auth_error(e)
+                self.session.put(Kind.RESULT, (key, refused.code, refused.message.encode()))
+                return
+        if not self.snapshot_waiting:
+            self.backend.start_flush()
+            self.snapshot_give_up = time.monotonic() + FLUSH_WAIT
+        self.snapshot_waiting.append(key)
+
+    def _checkpoint(self, key: int) -> None:
+        """Maintenance.Snapshot: a checkpoint of what is applied now, for the frontend to stream."""
+        self.checkpoints += 1
+        directory = os.path.join(
+            checkpoints_dir(self.settings.data_dir), f"{self.applied}-{self.checkpoints}"
+        )
+        store = self.store
+        start = time.perf_counter()
+        try:
+            meta = take_checkpoint(
+                self.backend,
+                directory,
+                store.revision,
+                store.compact_revision,
+                store.live_key_count,
+                self.settings.member_id,
+                self.settings.cluster_id,
+            )
+        except Exception as e:  # disk full, permissions: the client gets the reason, the node goes on
+            log.error("snapshot_checkpoint_failed", error=str(e))
+            self.session.put(
+                Kind.RESULT, (key, errors.Code.INTERNAL, f"cairn: checkpoint failed: {e}".encode())
+            )
+            return
+        log.info(
+            "snapshot_checkpoint_taken",
+            revision=meta.revision,
+            bytes=meta.data_size,
+            path=directory,
+            ms=round((time.perf_counter() - start) * 1000, 1),  # the time the core's loop was busy with it
+        )
+        self.session.put(Kind.RESULT, (key, 0, ticket(directory, meta)))
+
     def _read(self, record: Record) -> None:
         key, method, body = record
         if method == Method.WATCH_HISTORY:
             self._history(key, body)
+            return
+        if method & ~AUTHED == Method.SNAPSHOT:
+            self._snapshot_request(key, method, body)
             return
         if method == Method.DEFRAGMENT:
             log.info(
@@ -317,10 +375,19 @@ class StorageActor(Actor):
                 self.session.put(Kind.RESULT, (key, errors.Code.INTERNAL, error.encode()))
 
     def deadline(self) -> float | None:
+        if self.snapshot_waiting:
+            return min(self.next_sync, time.monotonic() + FLUSH_POLL)
         return self.next_sync
 
     def on_time(self, now: float) -> None:
-        """Sync the WAL once a second and tell raft which entries no longer need the log."""
+        """Checkpoint once the memtable flush is done; sync the WAL once a second and tell raft which
+        entries no longer need the log."""
+        if self.snapshot_waiting and (not self.backend.flushing() or now > self.snapshot_give_up):
+            for key in self.snapshot_waiting:
+                self._checkpoint(key)
+            self.snapshot_waiting.clear()
+        if now < self.next_sync:
+            return
         self.next_sync = now + 1.0
         self.auth.tokens.expire(now)
         self._export_sizes()

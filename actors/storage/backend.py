@@ -198,6 +198,23 @@ class Backend:
             cf.flush(True)
             cf.compact_range(None, None, opts)
 
+    def start_flush(self) -> None:
+        """Have RocksDB's own threads flush every CF's memtable; returns at once (``Rdict.flush``
+        flushes only the default CF, and with ``wait`` it stops the caller for the whole flush)."""
+        for cf in self._cfs.values():
+            cf.flush(False)
+
+    def flushing(self) -> bool:
+        """Whether a memtable flush started by :meth:`start_flush` is still under way."""
+        return any(cf.property_int_value("rocksdb.num-immutable-mem-table") for cf in self._cfs.values())
+
+    def checkpoint(self, path: str) -> None:
+        """A consistent copy of every CF's committed rows in the new directory ``path``: RocksDB
+        hard-links the immutable SST files, so this is cheap whatever the DB's size."""
+        from rocksdict import Checkpoint
+
+        Checkpoint(self._db).create_checkpoint(path)
+
     def close(self) -> None:
         """Close the DB; the pending batch is dropped. RocksDB keeps its LOCK while any CF handle
         lives, so they are released (and collected) first."""

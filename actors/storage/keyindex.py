@@ -78,6 +78,10 @@ class KeyIndex:
         """Keys known to the index, deleted ones still holding history included."""
         return len(self._entries)
 
+    def live_count(self) -> int:
+        """Keys that exist now (not deleted): one pass over the entries, no range walk."""
+        return sum(1 for entry in self._entries.values() if entry[1])
+
     def put(self, key: bytes, rev: bytes) -> tuple[int, int]:
         """Record a put of ``key`` at ``rev``; return the key's (create_revision, version) after it."""
         entry = self._entries.get(key)

@@ -205,6 +205,11 @@ class MvccStore:
         """Keys in the index (etcd_debugging_mvcc_keys_total), deleted ones with history included."""
         return len(self._index)
 
+    @property
+    def live_key_count(self) -> int:
+        """Keys that exist at the current revision (a snapshot's "total keys")."""
+        return self._index.live_count()
+
     def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         """Serve a Range at the current revision (header.revision set; the caller adds the rest)."""
         resp = RangeResponse()

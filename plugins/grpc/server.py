@@ -10,6 +10,7 @@ text, which clients (etcdctl, clientv3) turn into their typed errors.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,9 @@ from actors.protocol import AUTH_RPCS, Method
 from node import tls
 from node.api import Client
 from node.config import NodeConfig, split_urls
+from plugins.grpc.election import ElectionService
+from plugins.grpc.lock import LockService
+from plugins.grpc.snapshot import snapshot_stream
 
 log = structlog.get_logger()
 
@@ -56,33 +60,46 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
-TokenOf = Callable[[grpc.aio.ServicerContext], str | None]
 StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
+ServerStreamHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
+
+
+# Set by GrpcFrontend.start under client-cert-auth (one gRPC server per frontend process): then a
+# call without a token acts as its client certificate's CN, as etcd's AuthInfoFromTLS.
+_certificate_users = False
 
 
 def token(context: grpc.aio.ServicerContext) -> str | None:
-    """The client's auth token: metadata ``token`` (clientv3), or ``authorization`` (as etcd reads)."""
+    """The client's auth token: metadata ``token`` (clientv3), or ``authorization`` (as etcd reads);
+    without one, under client-cert-auth, the client certificate's CN (:func:`certificate_token`)."""
     for key, value in context.invocation_metadata() or ():
         if key in ("token", "authorization"):
-            return value if isinstance(value, str) else None
-    return None
+            return request_token(value, None) if isinstance(value, str) else None
+    return certificate_token(context) if _certificate_users else None
 
 
-def token_or_certificate(context: grpc.aio.ServicerContext) -> str | None:
-    """With client-cert-auth: the token, else the verified client certificate's CN (gRPC's own
-    TLS), else the CN the shared port's splice recorded for this connection."""
-    raw = token(context)
-    if raw is not None:
-        return request_token(raw, None)
+def certificate_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The verified client certificate's CN: from gRPC's own TLS, or the one the shared port's
+    splice recorded for this connection (``node.tls.SplicedPeers``)."""
     names = context.auth_context().get("x509_common_name")
     common_name = names[0].decode() if names else tls.SPLICED_PEERS.common_name(context.peer())
     return request_token(None, common_name)
 
 
-def forward(client: Client, method: Method, token_of: TokenOf = token) -> Handler:
+def forward(client: Client, method: Method) -> Handler:
+    return unary(functools.partial(client.call, method))
+
+
+def unary(call: Callable[[bytes, str | None], Awaitable[bytes]], waits: bool = False) -> Handler:
+    """A unary method answered by ``call(request, auth token)``; its EtcdError becomes etcd's gRPC
+    status and text.
+    A method that ``waits`` (Lock, Campaign) ends with its RPC (:func:`end_with_rpc`)."""
+
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if waits:
+            end_with_rpc(context)
         try:
-            return await client.call(method, request, token_of(context))
+            return await call(request, token(context))
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
@@ -90,7 +107,37 @@ def forward(client: Client, method: Method, token_of: TokenOf = token) -> Handle
     return handler
 
 
-def forward_stream(client: Client, method: Method, token_of: TokenOf = token) -> StreamHandler:
+def server_stream(call: Callable[[bytes, str | None], AsyncIterator[bytes]]) -> ServerStreamHandler:
+    """A server-streaming method (Election.Observe): the responses ``call`` yields, then its error."""
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        end_with_rpc(context)
+        try:
+            async for response in call(request, token(context)):
+                yield response
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode[e.code.name], e.message)
+
+    return handler
+
+
+def end_with_rpc(context: grpc.aio.ServicerContext) -> None:
+    """Cancel the running handler when its RPC ends or its deadline passes. grpc.aio does not cancel
+    a handler that starts at (or just before) its deadline: such a Lock was seen waiting on for no
+    one, and then granted; a method that waits must not outlive its caller."""
+    task = asyncio.current_task()
+    assert task is not None
+    remaining = context.time_remaining()
+    if remaining is not None:
+        deadline = asyncio.get_running_loop().call_later(max(remaining, 0.0), task.cancel)
+        task.add_done_callback(lambda _: deadline.cancel())
+    if context.done():
+        task.cancel()
+    else:
+        context.add_done_callback(lambda _: task.cancel())
+
+
+def forward_stream(client: Client, method: Method) -> StreamHandler:
     """A bidirectional stream where each request gets one response (LeaseKeepAlive).
 
     Requests are pipelined (up to ``STREAM_IN_FLIGHT`` per stream) and each answer is sent as it
@@ -108,7 +155,7 @@ def forward_stream(client: Client, method: Method, token_of: TokenOf = token) ->
 
         async def call(request: bytes) -> None:
             try:
-                answers.put_nowait(await client.call(method, request, token_of(context)))
+                answers.put_nowait(await client.call(method, request, token(context)))
             except EtcdError as e:
                 answers.put_nowait(e)
             finally:
@@ -139,7 +186,7 @@ def forward_stream(client: Client, method: Method, token_of: TokenOf = token) ->
     return handler
 
 
-def watch_stream(client: Client, token_of: TokenOf = token) -> StreamHandler:
+def watch_stream(client: Client) -> StreamHandler:
     """etcd's Watch: requests flow to the core's watch hub while its pushed responses flow back.
 
     A client that half-closes keeps receiving, as with etcd; the stream ends when the client
@@ -149,7 +196,7 @@ def watch_stream(client: Client, token_of: TokenOf = token) -> StreamHandler:
     async def handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        stream = client.open_stream(token_of(context))
+        stream = client.open_stream(token(context))
 
         async def forward_requests() -> None:
             async for request in requests:
@@ -164,6 +211,24 @@ def watch_stream(client: Client, token_of: TokenOf = token) -> StreamHandler:
             stream.close()
 
     return handler
+
+
+def recipe_handlers(client: Client) -> list[grpc.GenericRpcHandler]:
+    """The v3lock and v3election services, which run here on top of the core's KV, lease and watch."""
+    locks, elections = LockService(client), ElectionService(client)
+    lock = {
+        "Lock": grpc.unary_unary_rpc_method_handler(unary(locks.lock, waits=True)),
+        "Unlock": grpc.unary_unary_rpc_method_handler(unary(locks.unlock)),
+    }
+    election = {
+        name: grpc.unary_unary_rpc_method_handler(unary(getattr(elections, name.lower()), name == "Campaign"))
+        for name in ("Campaign", "Proclaim", "Leader", "Resign")
+    }
+    election["Observe"] = grpc.unary_stream_rpc_method_handler(server_stream(elections.observe))
+    return [
+        grpc.method_handlers_generic_handler("v3lockpb.Lock", lock),
+        grpc.method_handlers_generic_handler("v3electionpb.Election", election),
+    ]
 
 
 def shares_client_port(config: NodeConfig) -> bool:
@@ -209,6 +274,8 @@ class GrpcFrontend:
         self.server: grpc.aio.Server | None = None
 
     async def start(self, client: Client) -> None:
+        global _certificate_users
+        _certificate_users = self.config.client_cert_auth
         limit = self.config.max_request_bytes + GRPC_OVERHEAD_BYTES
         server = grpc.aio.server(
             options=[
@@ -218,19 +285,21 @@ class GrpcFrontend:
             ]
         )
         handlers = []
-        token_of = token_or_certificate if self.config.client_cert_auth else token
         for service, methods in UNARY_METHODS.items():
             table = {
-                name: grpc.unary_unary_rpc_method_handler(forward(client, method, token_of))
+                name: grpc.unary_unary_rpc_method_handler(forward(client, method))
                 for name, method in methods.items()
             }
             if service == "etcdserverpb.Lease":
                 table["LeaseKeepAlive"] = grpc.stream_stream_rpc_method_handler(
-                    forward_stream(client, Method.LEASE_KEEPALIVE, token_of)
+                    forward_stream(client, Method.LEASE_KEEPALIVE)
                 )
+            if service == "etcdserverpb.Maintenance":
+                table["Snapshot"] = grpc.unary_stream_rpc_method_handler(snapshot_stream(client, token))
             handlers.append(grpc.method_handlers_generic_handler(service, table))
-        watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client, token_of))}
+        watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
         handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))
+        handlers.extend(recipe_handlers(client))
         server.add_generic_rpc_handlers(handlers)
         checker = health.aio.HealthServicer()
         await checker.set("", health_pb2.HealthCheckResponse.SERVING)
