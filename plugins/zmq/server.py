@@ -31,8 +31,8 @@ import zmq
 from google.protobuf.message import DecodeError
 
 from actors import errors
-from actors.proto import rpc_pb2
 from actors.auth.backends import request_token
+from actors.proto import rpc_pb2
 from actors.protocol import AUTH_RPCS, Kind, MalformedFrame, Method, Record, decode_with_token, pack, unpack
 from node.api import Client, Stream
 from node.config import ConfigError
