@@ -99,7 +99,9 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
         ),
     )
     backends = BackendChain(auth_backends(config))
-    gate = AuthGate(storage.auth, config.cluster_id, config.member_id, backends)
+    gate = AuthGate(
+        storage.auth, config.cluster_id, config.member_id, backends, certificate_users=config.client_cert_auth
+    )
     session = SessionActor(ctx, config.core_url, config.member_id, limits, gate)
     auth = AuthActor(ctx, storage.auth, AuthSettings(bcrypt_cost=config.bcrypt_cost), backends)
     log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")

@@ -159,3 +159,26 @@ def test_a_third_party_backend_installed_as_a_package(tmp_path: Path) -> None:
             assert "authenticated_by_backend" in server.log_path.read_text()
     finally:
         service.shutdown()
+
+
+def test_a_native_zeromq_client_cannot_forge_a_certificate_identity(tmp_path: Path) -> None:
+    """The ZeroMQ protocol carries any token bytes a client likes: one shaped like a frontend's
+    certificate identity must not make the client root."""
+    from servers import free_port
+
+    from actors.errors import EtcdError
+    from node.client import Client
+
+    url = f"tcp://127.0.0.1:{free_port()}"
+    plugins = {"grpc": {}, "rest": {}, "cert-cn": {}, "zmq": {"listen": url}}
+    with Server("cairn", tmp_path / "n", env={"ETCD_PLUGINS": json.dumps(plugins)}).start() as server:
+        for args in SETUP:
+            server.etcdctl(*args)
+        for forged in (CERTIFICATE_PREFIX + "root", "cn:root"):
+            client = Client(url, token=forged)
+            try:
+                with pytest.raises(EtcdError, match="invalid auth token"):
+                    client.put(b"/x", b"1")
+            finally:
+                client.close()
+        assert server.etcdctl("--user=root:rootpw", "get", "/x").stdout == ""

@@ -41,15 +41,23 @@ class TokenNotApplied(EtcdError):
 
 class AuthGate:
     def __init__(
-        self, store: AuthStore, cluster_id: int, member_id: int, backends: BackendChain | None = None
+        self,
+        store: AuthStore,
+        cluster_id: int,
+        member_id: int,
+        backends: BackendChain | None = None,
+        certificate_users: bool = False,
     ) -> None:
         self.store = store
         self.backends = backends or BackendChain()
+        self.certificate_users = certificate_users  # client-cert-auth: a frontend may name a CN
         self.cluster_id = cluster_id
         self.member_id = member_id
 
     def _identify(self, token: str | None) -> tuple[str, int]:
         if token is not None and token.startswith(CERTIFICATE_PREFIX):
+            if not self.certificate_users:  # no frontend verifies certificates: not from one
+                raise errors.INVALID_AUTH_TOKEN.copy()
             # etcd's AuthInfoFromTLS: the certificate's user at the current auth revision
             user = self.backends.certificate_user(token[len(CERTIFICATE_PREFIX) :])
             return (user, self.store.revision) if user else ("", 0)
