@@ -67,12 +67,25 @@ class Method(IntEnum):
     WATCH_HISTORY = 16  # watch -> storage (READ) and back (RESULT): past events for a catching-up watcher
     STATUS = 20
     MEMBER_LIST = 21
+    MEMBER_ADD = 22
+    MEMBER_REMOVE = 23
+    MEMBER_UPDATE = 24
+    MEMBER_PROMOTE = 25
+    MEMBER_PUBLISH = 26  # a raft entry only: a member records its name and client URLs (etcd's publish)
+    MOVE_LEADER = 27
 
 
 STREAM_METHODS = frozenset({Method.WATCH, Method.WATCH_CLOSE, Method.WATCH_BLOCKED, Method.WATCH_READY})
 
-WRITES = frozenset(
-    {Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT, Method.LEASE_GRANT, Method.LEASE_REVOKE}
+MEMBERSHIP_CHANGES = frozenset(
+    {Method.MEMBER_ADD, Method.MEMBER_REMOVE, Method.MEMBER_UPDATE, Method.MEMBER_PROMOTE}
+)
+
+WRITES = (
+    frozenset(
+        {Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT, Method.LEASE_GRANT, Method.LEASE_REVOKE}
+    )
+    | MEMBERSHIP_CHANGES
 )
 
 

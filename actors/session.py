@@ -25,7 +25,7 @@ from actors.storage.validate import validate
 
 log = structlog.get_logger()
 
-CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT}
+CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT, Method.MEMBER_PUBLISH}
 
 
 KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter

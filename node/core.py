@@ -14,7 +14,10 @@ import zmq
 
 from actors.lease.actor import LeaseActor, LeaseSettings
 from actors.loop import Loop
-from actors.raft.actor import Member, RaftActor, RaftSettings
+from actors.proto import rpc_pb2
+from actors.raft import identity
+from actors.raft.actor import RaftActor, RaftSettings
+from actors.raft.identity import Identity
 from actors.session import Limits, SessionActor, key_prefix
 from actors.storage.actor import StorageActor, StorageSettings
 from actors.watch.actor import WatchActor
@@ -25,48 +28,67 @@ from node.supervisor import EXIT_FATAL
 log = structlog.get_logger()
 
 
-def members(config: NodeConfig) -> tuple[Member, ...]:
-    ids = config.member_ids()
-    own_clients = tuple(split_urls(config.advertise_client_urls))
-    return tuple(
-        Member(ids[name], name, tuple(urls), own_clients if name == config.name else ())
-        for name, urls in config.cluster_peers().items()
-    )
+def identity_of(config: NodeConfig, ctx: zmq.Context) -> Identity:
+    """This member's ids: read back, or decided now for a new data dir (founding or joining)."""
+    found = identity.load(config.data_dir)
+    if found is not None:
+        return found
+    peers = config.cluster_peers()
+    if config.initial_cluster_state == "existing":
+        others = [url for name, urls in peers.items() if name != config.name for url in urls]
+        decided = identity.join(ctx, split_urls(config.initial_advertise_peer_urls), others)
+    else:
+        ids = config.member_ids()
+        founders = [rpc_pb2.Member(ID=ids[name], name=name, peerURLs=urls) for name, urls in peers.items()]
+        decided = identity.founding(config.member_id, config.cluster_id, founders)
+    identity.save(config.data_dir, decided)
+    return decided
 
 
 def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
     """Wire the actors of one member; storage opens first so raft knows what is already applied."""
-    prefix = key_prefix(config.member_id)
+    me = identity_of(config, ctx)
+    prefix = key_prefix(me.member_id)
     storage = StorageActor(
         ctx,
         StorageSettings(
-            config.member_id,
-            config.cluster_id,
+            me.member_id,
+            me.cluster_id,
             config.data_dir,
             prefix,
             heartbeat_ms=config.heartbeat_interval,
             election_ms=config.election_timeout,
+            initial_members=me.seed,
         ),
     )
+    if me.member_id in storage.members.removed:
+        storage.close()
+        raise RuntimeError(f"member {me.member_id:x} was removed from the cluster: it cannot start again")
     lease = LeaseActor(ctx, LeaseSettings(prefix, election_ms=config.election_timeout))
     raft = RaftActor(
         ctx,
         RaftSettings(
-            member_id=config.member_id,
-            cluster_id=config.cluster_id,
-            members=members(config),
+            member_id=me.member_id,
+            cluster_id=me.cluster_id,
+            members=storage.members,
+            bootstrap_voters=me.bootstrap_voters,
+            name=config.name,
+            client_urls=tuple(split_urls(config.advertise_client_urls)),
             listen_peer_urls=tuple(split_urls(config.listen_peer_urls)),
             data_dir=config.data_dir,
             heartbeat_ms=config.heartbeat_interval,
             election_ms=config.election_timeout,
             applied=storage.applied_index,
+            keep_entries=config.snapshot_count,
         ),
     )
     limits = Limits(config.max_request_bytes, config.max_txn_ops)
-    session = SessionActor(ctx, config.core_url, config.member_id, limits)
-    log.info("core_listening", url=session.url, member_id=f"{config.member_id:x}")
-    watch = WatchActor(ctx, config.cluster_id, config.member_id, storage.store.revision)
-    return Loop([session, raft, storage, lease, watch])
+    session = SessionActor(ctx, config.core_url, me.member_id, limits)
+    log.info("core_listening", url=session.url, member_id=f"{me.member_id:x}")
+    watch = WatchActor(ctx, me.cluster_id, me.member_id, storage.store.revision)
+    loop = Loop([session, raft, storage, lease, watch])
+    raft.on_removed = loop.stop
+    return loop
 
 
 def main() -> None:
@@ -83,8 +105,11 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
     loop.run()
+    removed = any(isinstance(a, RaftActor) and a.stop_at for a in loop.actors)
     ctx.term()
-    log.info("core_stopped")
+    log.info("core_stopped", removed=removed)
+    if removed:
+        raise SystemExit(EXIT_FATAL)  # etcd: a removed member shuts itself down for good
 
 
 if __name__ == "__main__":

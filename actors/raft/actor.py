@@ -22,31 +22,30 @@ from actors import errors, metrics
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
-from actors.protocol import Kind, Method, Record, encode_proposal, unpack
-from actors.raft.core import NotLeader, RaftCore, Ready
+from actors.protocol import MEMBERSHIP_CHANGES, EntryType, Kind, Method, Record, encode_proposal, unpack
+from actors.raft.core import ConfChange, ConfChangeError, ConfChangeType, NotLeader, RaftCore, Ready, Role
 from actors.raft.durable import DurableLog
+from actors.raft.members import MemberTable, etcd_error
 from actors.raft.syncer import LogSyncer
-from actors.raft.transport import PeerTransport
+from actors.raft.transport import Inbound, PeerTransport
 
 log = structlog.get_logger()
 
 LOCAL_READS = frozenset({Method.STATUS, Method.MEMBER_LIST})  # answered from this member's own state
-
-
-@dataclass(slots=True, frozen=True)
-class Member:
-    id: int
-    name: str
-    peer_urls: tuple[str, ...]
-    client_urls: tuple[str, ...]
+PUBLISH_RETRY = 2.0  # seconds between attempts to record this member's name and client URLs
+REMOVED_GRACE = 1.0  # seconds a removed member keeps running to send its last messages
+MOVE_LEADER_TIMEOUT = 5.0  # seconds a MoveLeader waits for the transferee to take over
 
 
 @dataclass(slots=True, frozen=True)
 class RaftSettings:
     member_id: int
     cluster_id: int
-    members: tuple[Member, ...]
+    members: MemberTable  # the table as of ``applied`` (the raft actor keeps its own copy up to date)
     data_dir: str
+    bootstrap_voters: tuple[int, ...] = ()  # the configuration before index 1 (see identity.py)
+    name: str = ""
+    client_urls: tuple[str, ...] = ()
     listen_peer_urls: tuple[str, ...] = ()
     heartbeat_ms: int = 100
     election_ms: int = 1000
@@ -76,9 +75,10 @@ class RaftActor(Actor):
             gauge.set(value)  # in multiprocess mode a gauge never set is not exported at all
         self.syncer = LogSyncer(ctx, self.log.sync, self.metrics.wal_fsync)
         self.syncing: Ready | None = None  # the Ready whose fsync is under way
+        self.members = settings.members.copy()
         self.core = RaftCore(
             settings.member_id,
-            [m.id for m in settings.members],
+            settings.bootstrap_voters,
             self.log,
             random.Random(),
             election_tick=max(2, settings.election_ms // settings.heartbeat_ms),
@@ -90,7 +90,7 @@ class RaftActor(Actor):
             settings.cluster_id,
             settings.member_id,
             settings.listen_peer_urls,
-            {m.id: m.peer_urls for m in settings.members},
+            self.members.peer_urls(),
         )
         self.interval = settings.heartbeat_ms / 1000.0
         self.next_tick = time.monotonic() + self.interval
@@ -101,7 +101,11 @@ class RaftActor(Actor):
         self.read_seq = 0
         self.durable_applied = settings.applied
         self.leader_id = 0
-        if len(settings.members) == 1:
+        self.next_publish = 0.0
+        self.moves: list[tuple[int, int, float]] = []  # MoveLeader requests: (key, transferee, deadline)
+        self.on_removed = lambda: None  # set by the node: a removed member shuts down
+        self.stop_at = 0.0
+        if self.core.voters == [settings.member_id]:
             self.core.campaign()
         self._drain_ready()
 
@@ -116,11 +120,7 @@ class RaftActor(Actor):
             self._drain_ready()
             return
         if sock is self.transport.inbound:
-            peer_messages, forwarded = self.transport.receive(messages)
-            for message in peer_messages:
-                self.core.step(message)
-            if forwarded:
-                self._propose(forwarded)
+            self._peer_frames(self.transport.receive(messages))
             self._drain_ready()
             return
         proposals: list[Record] = []
@@ -133,6 +133,8 @@ class RaftActor(Actor):
                 for record in records:
                     if record[1] in LOCAL_READS:
                         self._local_read(record)
+                    elif record[1] == Method.MOVE_LEADER:
+                        self._move_leader(record)
                     else:
                         reads.append(record)
             elif kind == Kind.APPLIED_DURABLE:
@@ -143,13 +145,137 @@ class RaftActor(Actor):
             self._read_index(reads)
         self._drain_ready()
 
-    def _propose(self, proposals: list[Record]) -> None:
-        """Propose here when leader; a follower forwards to the leader, whose commit answers us."""
+    def _peer_frames(self, got: Inbound) -> None:
+        removed = self.members.removed
+        for message in got.raft:
+            if message.frm in removed:
+                self.transport.tell_removed(message.frm)
+            else:
+                self.core.step(message)
+        for sender, records in got.forwarded:
+            self._propose(records, origin=sender)
+        if got.results:
+            self.session.extend(Kind.RESULT, got.results)
+        if got.joins:
+            answer = rpc_pb2.MemberListResponse(members=self.members.listing())
+            answer.header.cluster_id = self.settings.cluster_id
+            answer.header.member_id = self.settings.member_id
+            for routing_id in got.joins:
+                self.transport.answer_join(routing_id, answer.SerializeToString())
+        if got.removed:
+            self._removed()
+
+    def _propose(self, proposals: list[Record], origin: int = 0) -> None:
+        """Propose here when leader; a follower forwards to the leader, whose commit answers us.
+        ``origin`` is the member that forwarded these (0: our own session's)."""
+        normal = []
+        for record in proposals:
+            if record[1] in MEMBERSHIP_CHANGES:
+                self._propose_change(record, origin)
+            else:
+                normal.append(record)
+        if not normal:
+            return
         try:
-            self.core.propose([encode_proposal(key, method, body) for key, method, body in proposals])
+            self.core.propose([encode_proposal(key, method, body) for key, method, body in normal])
         except NotLeader as e:
-            if not (e.leader_id and self.transport.forward(e.leader_id, proposals)):
-                self._fail(proposals, errors.NO_LEADER)
+            self._forward(e, normal, origin)
+
+    def _forward(self, e: NotLeader, records: list[Record], origin: int) -> None:
+        if origin or not (e.leader_id and self.transport.forward(e.leader_id, records)):
+            self._fail(records, errors.NO_LEADER, origin)
+
+    def _propose_change(self, record: Record, origin: int) -> None:
+        """A membership change: checked against the member table and the core, proposed by the leader."""
+        key, method, body = record
+        try:
+            if self.core.role != Role.LEADER:
+                raise NotLeader(self.core.leader_id)
+            change = self.members.conf_change(method, body, key, self.settings.cluster_id, time.time_ns())
+            self.core.propose_conf_change(change)
+        except NotLeader as e:
+            self._forward(e, [record], origin)
+        except ConfChangeError as e:
+            self._fail([record], etcd_error(e), origin)
+        except errors.EtcdError as e:
+            self._fail([record], e, origin)
+        else:
+            log.info("membership_change_proposed", change=change.type.name, member=f"{change.node_id:x}")
+
+    def _move_leader(self, record: Record) -> None:
+        """etcd's MoveLeader: only the leader takes it; answered once the transferee leads."""
+        key, _, body = record
+        target = rpc_pb2.MoveLeaderRequest.FromString(body).targetID
+        member = self.members.get(target)
+        if self.core.role != Role.LEADER:
+            self._fail([record], errors.NOT_LEADER)
+        elif member is None or member.isLearner or target not in self.core.voters:
+            self._fail([record], errors.BAD_LEADER_TRANSFEREE)
+        elif target == self.settings.member_id:
+            self.session.put(Kind.RESULT, (key, 0, b""))
+        else:
+            log.info("leader_transfer_started", transferee=f"{target:x}")
+            self.core.transfer_leader(target)
+            self.moves.append((key, target, time.monotonic() + MOVE_LEADER_TIMEOUT))
+
+    def _settle_moves(self, now: float) -> None:
+        waiting = []
+        for key, target, deadline in self.moves:
+            if self.leader_id == target:
+                log.info("leader_transfer_finished", transferee=f"{target:x}")
+                self.session.put(Kind.RESULT, (key, 0, b""))
+            elif deadline < now:
+                error = errors.LEADER_TRANSFER_TIMEOUT
+                self.session.put(Kind.RESULT, (key, error.code, error.message.encode()))
+            else:
+                waiting.append((key, target, deadline))
+        self.moves = waiting
+
+    def _apply_membership(self, entries: list) -> None:
+        """Configuration changes and member attributes take effect here as they are handed to storage
+        (which applies the same entries to its persistent copy of the table)."""
+        for e in entries:
+            if e.type == EntryType.CONF_CHANGE:
+                change = ConfChange.from_entry(e)
+                self.core.apply_conf_change(change)
+                self.members.apply_change(change)
+                self._relink(change)
+            elif e.type == EntryType.NORMAL and len(e.data) > 8 and e.data[8] == Method.MEMBER_PUBLISH:
+                self.members.publish(rpc_pb2.Member.FromString(e.data[9:]))
+
+    def _relink(self, change: ConfChange) -> None:
+        """Peer links follow the configuration: connect to new members, drop removed ones."""
+        peer = change.node_id
+        log.info("membership_changed", change=change.type.name, member=f"{peer:x}", index=change.index)
+        if change.type == ConfChangeType.REMOVE:
+            if peer == self.settings.member_id:
+                self._removed()
+            else:
+                self.transport.retire(peer)
+        elif change.type != ConfChangeType.PROMOTE_LEARNER and peer != self.settings.member_id:
+            member = self.members.get(peer)
+            if member is not None and member.peerURLs:
+                self.transport.connect(peer, member.peerURLs[0])
+
+    def _removed(self) -> None:
+        """This member was removed: stop a moment later, once what it still owes has gone out (the
+        step-down of a removed leader, the applying of its own removal)."""
+        if not self.stop_at:
+            log.warning("member_removed", member=f"{self.settings.member_id:x}")
+            self.stop_at = time.monotonic() + REMOVED_GRACE
+
+    def _maybe_publish(self, now: float) -> None:
+        """Record this member's name and client URLs in the table once it has a leader (etcd's publish)."""
+        me = self.members.get(self.settings.member_id)
+        if me is None or now < self.next_publish or not self.leader_id:
+            return
+        if me.name == self.settings.name and list(me.clientURLs) == list(self.settings.client_urls):
+            return
+        self.next_publish = now + PUBLISH_RETRY
+        attributes = rpc_pb2.Member(
+            ID=self.settings.member_id, name=self.settings.name, clientURLs=self.settings.client_urls
+        )
+        self._propose([(0, Method.MEMBER_PUBLISH, attributes.SerializeToString())])
 
     def _read_index(self, reads: list[Record]) -> None:
         """One ReadIndex request for the whole batch: one heartbeat round serves them all."""
@@ -162,10 +288,14 @@ class RaftActor(Actor):
             return
         self.reads[context] = reads
 
-    def _fail(self, records: list[Record], error: errors.EtcdError) -> None:
+    def _fail(self, records: list[Record], error: errors.EtcdError, origin: int = 0) -> None:
         self.metrics.proposals_failed.inc(len(records))
         text = error.message.encode()
-        self.session.extend(Kind.RESULT, [(key, error.code, text) for key, _, _ in records])
+        results = [(key, error.code, text) for key, _, _ in records if key]
+        if origin:
+            self.transport.answer_failed(origin, results)
+        else:
+            self.session.extend(Kind.RESULT, results)
 
     def _local_read(self, record: Record) -> None:
         """Status and member list: raft fills its part, storage fills the header and its own part."""
@@ -173,15 +303,13 @@ class RaftActor(Actor):
         core = self.core
         if method == Method.STATUS:
             response = rpc_pb2.StatusResponse(
-                leader=core.leader_id, raftIndex=core.last_index, raftTerm=core.term
+                leader=core.leader_id,
+                raftIndex=core.last_index,
+                raftTerm=core.term,
+                isLearner=self.settings.member_id in core.learners,
             )
         elif method == Method.MEMBER_LIST:
-            response = rpc_pb2.MemberListResponse(
-                members=[
-                    rpc_pb2.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls)
-                    for m in self.settings.members
-                ]
-            )
+            response = rpc_pb2.MemberListResponse()  # storage lists its (persistent) member table
         else:
             self.session.put(Kind.RESULT, (key, errors.Code.UNIMPLEMENTED, b"unsupported read"))
             return
@@ -208,6 +336,7 @@ class RaftActor(Actor):
             self._fail_reads(errors.LEADER_CHANGED)
             self.term = rd.term
         if rd.committed_entries:
+            self._apply_membership(rd.committed_entries)
             self.storage.extend(
                 Kind.COMMITTED, [(e.index, e.type, e.data) for e in rd.committed_entries], aux=rd.term
             )
@@ -231,6 +360,8 @@ class RaftActor(Actor):
                 self.metrics.leader_changes.inc()
             if is_leader != was_leader:
                 self.lease.signal(Kind.LEADERSHIP, int(is_leader))
+            if self.moves:
+                self._settle_moves(time.monotonic())
         self.core.advance(rd)
 
     def _release_reads(self) -> None:
@@ -250,11 +381,21 @@ class RaftActor(Actor):
         self.reads.clear()
 
     def _compact(self, durable_applied: int) -> None:
-        """Drop log entries the storage actor has durably applied, keeping a tail for slow peers."""
+        """Drop log entries the storage actor has durably applied, keeping a tail for slow peers.
+
+        The log records a snapshot at the durably applied index (its term and configuration: the
+        kv DB is the snapshot's data), so a restart knows the configuration the dropped entries
+        built, and a follower that needs them can be sent the kv DB instead.
+        """
         self.durable_applied = max(self.durable_applied, durable_applied)
         upto = self.durable_applied - self.settings.keep_entries
         if upto > self.log.first_index() + self.settings.keep_entries:
-            self.log.compact(upto)
+            try:
+                snapshot = self.core.compact(self.durable_applied)
+            except ValueError as e:  # a joining member that has not learned its configuration yet
+                log.info("raft_log_compaction_deferred", reason=str(e))
+                return
+            self.log.compact(upto, snapshot)
 
     def deadline(self) -> float | None:
         return self.next_tick
@@ -263,6 +404,11 @@ class RaftActor(Actor):
         self.next_tick = max(self.next_tick + self.interval, now)
         self.transport.refresh_faults()
         self.core.tick()
+        if self.stop_at and now >= self.stop_at:
+            self.on_removed()
+        self._maybe_publish(now)
+        if self.moves:
+            self._settle_moves(now)
         self._drain_ready()
 
     def flush(self) -> None:

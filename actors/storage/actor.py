@@ -35,11 +35,14 @@ from actors.protocol import (
     pack_blobs,
     unpack,
 )
-from actors.storage.backend import Backend
+from actors.raft.confchange import ConfChange
+from actors.raft.members import MemberTable, change_response
+from actors.storage.backend import META, Backend
 from actors.storage.mvcc import MvccStore
 
 log = structlog.get_logger()
 
+MEMBER_PUBLISH_BYTE = bytes((Method.MEMBER_PUBLISH,))  # the method byte of a proposal (decode_proposal)
 VERSION = "3.4.0"  # the etcd API version cairn speaks; clients read it from Status
 
 
@@ -51,6 +54,7 @@ class StorageSettings:
     key_prefix: int  # request keys issued by this member's session actor carry it
     heartbeat_ms: int = 100
     election_ms: int = 1000
+    initial_members: tuple[rpc_pb2.Member, ...] = ()  # the member table of a new store
 
 
 class StorageActor(Actor):
@@ -63,6 +67,7 @@ class StorageActor(Actor):
         self.backend = Backend(path)
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
+        self.members = self._open_members()
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
@@ -78,6 +83,35 @@ class StorageActor(Actor):
         self._export_sizes()
         self.next_sync = time.monotonic() + 1.0
         log.info("storage_opened", revision=self.store.revision, applied=self.applied)
+
+    def _open_members(self) -> MemberTable:
+        """The member table in ``meta``; a new store is seeded with the founding (or joined) members."""
+        table = MemberTable.from_rows(self.backend.scan(META))
+        if not table.members and self.settings.initial_members:
+            table = MemberTable(self.settings.initial_members)
+            self._persist(table.rows())
+            self.backend.commit(self.backend.applied_index, sync=True)
+        return table
+
+    def _persist(self, rows: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in rows:
+            if value is None:
+                self.backend.delete(META, key)
+            else:
+                self.backend.put(META, key, value)
+
+    def _apply_membership(self, index: int, entry_type: int, data: bytes) -> Record | None:
+        """A CONF_CHANGE or MEMBER_PUBLISH entry: the member table changes in this batch; the member
+        whose client asked for a change gets the answer (key 0: nobody waits)."""
+        if entry_type == EntryType.CONF_CHANGE:
+            change = ConfChange.decode(data, index)
+            self._persist(self.members.apply_change(change))
+            key, response = change_response(self.members, change)
+            self._header(response)
+            response.header.revision = 0  # the Cluster service's headers carry no revision in etcd
+            return key, 0, response.SerializeToString()
+        self._persist(self.members.publish(rpc_pb2.Member.FromString(decode_proposal(data)[2])))
+        return None
 
     @property
     def applied_index(self) -> int:
@@ -116,6 +150,13 @@ class StorageActor(Actor):
                 continue  # replayed after a restart: already in the store
             self.applied = index
             self.uncommitted = True
+            if entry_type == EntryType.CONF_CHANGE or (
+                entry_type == EntryType.NORMAL and data[8:9] == MEMBER_PUBLISH_BYTE
+            ):
+                result = self._apply_membership(index, entry_type, data)
+                if result is not None and result[0] & 0xFFFF_0000_0000_0000 == mine:
+                    results.append(result)
+                continue
             if entry_type != EntryType.NORMAL:
                 continue
             key, method, request = decode_proposal(data)
@@ -195,6 +236,7 @@ class StorageActor(Actor):
                 response.raftAppliedIndex = self.applied
             elif method == Method.MEMBER_LIST:
                 response = rpc_pb2.MemberListResponse.FromString(body)
+                response.members.extend(self.members.listing())
             else:
                 raise errors.EtcdError(errors.Code.UNIMPLEMENTED, f"method {method} is not a read")
         except errors.EtcdError as e:

@@ -41,8 +41,14 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
         "LeaseTimeToLive": Method.LEASE_TIME_TO_LIVE,
         "LeaseLeases": Method.LEASE_LEASES,
     },
-    "etcdserverpb.Maintenance": {"Status": Method.STATUS},
-    "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
+    "etcdserverpb.Maintenance": {"Status": Method.STATUS, "MoveLeader": Method.MOVE_LEADER},
+    "etcdserverpb.Cluster": {
+        "MemberList": Method.MEMBER_LIST,
+        "MemberAdd": Method.MEMBER_ADD,
+        "MemberRemove": Method.MEMBER_REMOVE,
+        "MemberUpdate": Method.MEMBER_UPDATE,
+        "MemberPromote": Method.MEMBER_PROMOTE,
+    },
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]

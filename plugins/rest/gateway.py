@@ -108,7 +108,12 @@ SERVED: dict[tuple[str, str], Method] = {
     (_LEASE, "LeaseTimeToLive"): Method.LEASE_TIME_TO_LIVE,
     (_LEASE, "LeaseLeases"): Method.LEASE_LEASES,
     (_CLUSTER, "MemberList"): Method.MEMBER_LIST,
+    (_CLUSTER, "MemberAdd"): Method.MEMBER_ADD,
+    (_CLUSTER, "MemberRemove"): Method.MEMBER_REMOVE,
+    (_CLUSTER, "MemberUpdate"): Method.MEMBER_UPDATE,
+    (_CLUSTER, "MemberPromote"): Method.MEMBER_PROMOTE,
     (_MAINT, "Status"): Method.STATUS,
+    (_MAINT, "MoveLeader"): Method.MOVE_LEADER,
 }
 
 # grpc-gateway v1's HTTPStatusFromCode
