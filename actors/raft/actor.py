@@ -32,7 +32,7 @@ from actors.raft.transport import Inbound, PeerTransport
 log = structlog.get_logger()
 
 LOCAL_READS = frozenset({Method.STATUS, Method.MEMBER_LIST})  # answered from this member's own state
-PUBLISH_RETRY = 2.0  # seconds between attempts to record this member's name and client URLs
+PUBLISH_RETRY = 1.0  # seconds between attempts to record this member's name and client URLs
 REMOVED_GRACE = 1.0  # seconds a removed member keeps running to send its last messages
 MOVE_LEADER_TIMEOUT = 5.0  # seconds a MoveLeader waits for the transferee to take over
 
@@ -191,7 +191,7 @@ class RaftActor(Actor):
         try:
             if self.core.role != Role.LEADER:
                 raise NotLeader(self.core.leader_id)
-            change = self.members.conf_change(method, body, key, self.settings.cluster_id, time.time_ns())
+            change = self.members.conf_change(method, body, key, self.settings.cluster_id, int(time.time()))
             self.core.propose_conf_change(change)
         except NotLeader as e:
             self._forward(e, [record], origin)

@@ -62,7 +62,8 @@ def decode_context(context: bytes) -> tuple[int, rpc_pb2.Member]:
 
 
 def new_member_id(peer_urls: Iterable[str], cluster_id: int, salt: int) -> int:
-    """A fresh member id, like etcd's NewMember: a hash of the peer URLs, the cluster and a time."""
+    """A fresh member id, like etcd's NewMember: a hash of the peer URLs, the cluster and a time
+    (``salt``: Unix seconds, as etcd, so the same URLs added twice in one second clash)."""
     text = "".join(sorted(peer_urls)) + f"{cluster_id:x}{salt}"
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") or 1
 
@@ -78,7 +79,7 @@ def check_urls(urls: Iterable[str]) -> list[str]:
             raise errors.MEMBER_BAD_URLS.copy() from None
         if parts.scheme not in URL_SCHEMES or not parts.hostname or port is None:
             raise errors.MEMBER_BAD_URLS.copy()
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
+        if parts.path or parts.query or parts.fragment:
             raise errors.MEMBER_BAD_URLS.copy()
         out.append(url)
     if not out:
@@ -203,13 +204,15 @@ class MemberTable:
             if method == Method.MEMBER_ADD:
                 add = rpc_pb2.MemberAddRequest.FromString(body)
                 urls = check_urls(add.peerURLs)
+                member = rpc_pb2.Member(ID=new_member_id(urls, cluster_id, salt), peerURLs=urls)
+                if member.ID in self.members:  # the same URLs added twice within a second, as in etcd
+                    raise errors.MEMBER_EXIST.copy()
                 self._check_urls_free(urls, 0)
                 if add.isLearner:
                     if sum(1 for m in self.members.values() if m.isLearner) + 1 > MAX_LEARNERS:
                         raise errors.TOO_MANY_LEARNERS.copy()
                 elif not self._ready_to_add_voter():
                     raise errors.MEMBER_NOT_ENOUGH_STARTED.copy()
-                member = rpc_pb2.Member(ID=new_member_id(urls, cluster_id, salt), peerURLs=urls)
                 member.isLearner = add.isLearner
                 ctype = ConfChangeType.ADD_LEARNER if add.isLearner else ConfChangeType.ADD_VOTER
                 return ConfChange(ctype, member.ID, encode_context(key, member))
