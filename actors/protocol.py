@@ -73,6 +73,7 @@ class Method(IntEnum):
     MEMBER_PROMOTE = 25
     MEMBER_PUBLISH = 26  # a raft entry only: a member records its name and client URLs (etcd's publish)
     MOVE_LEADER = 27
+    SNAPSHOT = 30  # answered with actors.storage.checkpoint.ticket(): the frontend streams the files
 
 
 STREAM_METHODS = frozenset({Method.WATCH, Method.WATCH_CLOSE, Method.WATCH_BLOCKED, Method.WATCH_READY})

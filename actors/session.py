@@ -170,7 +170,7 @@ class SessionActor(Actor):
             self.raft.put(Kind.PROPOSE, (key, method, body))
         elif method == Method.LEASE_KEEPALIVE:
             self.lease.put(Kind.READ, (key, method, body))
-        elif method == Method.RANGE and message.serializable:
+        elif method == Method.SNAPSHOT or (method == Method.RANGE and message.serializable):
             self.storage.put(Kind.READ, (key, method, body))
         else:
             self.raft.put(Kind.READ, (key, method, body))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import grpc
 
 from actors.proto import rpc_pb2, rpc_pb2_grpc
+from tools import snapshotctl
 
 
 def prefix_end(key: bytes) -> bytes:
@@ -75,6 +76,8 @@ def parse_compare(text: str) -> rpc_pb2.Compare:
 
 def run(args: argparse.Namespace) -> int:
     channel = grpc.insecure_channel(args.endpoint)
+    if args.command == "snapshot":
+        return snapshotctl.run(args, channel)
     kv = rpc_pb2_grpc.KVStub(channel)
     timeout = args.timeout
     if args.command == "put":
@@ -146,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     txn.add_argument("--success", action="append", default=[])
     txn.add_argument("--failure", action="append", default=[])
     sub.add_parser("status", help="the member's raft and storage status")
+    snapshotctl.add_parser(sub)
     return p
 
 
@@ -156,8 +160,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except grpc.RpcError as e:
         print(f"cairnctl: {e.details()} ({e.code().name})", file=sys.stderr)
         sys.exit(1)
-    except ValueError as e:
+    except ValueError as e:  # bad input, or a snapshot refused (SnapshotError, BoltError, RestoreError)
         print(f"cairnctl: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        print(f"cairnctl: {e.strerror}: {e.filename}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -38,6 +38,7 @@ from actors.protocol import (
 from actors.raft.confchange import ConfChange
 from actors.raft.members import MemberTable, change_response
 from actors.storage.backend import META, Backend
+from actors.storage.checkpoint import checkpoints_dir, clear_checkpoints, take_checkpoint, ticket
 from actors.storage.mvcc import MvccStore
 
 log = structlog.get_logger()
@@ -65,6 +66,8 @@ class StorageActor(Actor):
         path = os.path.join(settings.data_dir, "member", "kv")
         os.makedirs(path, exist_ok=True)
         self.backend = Backend(path)
+        clear_checkpoints(settings.data_dir)
+        self.checkpoints = 0
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.store = MvccStore(self.backend, leases)
         self.members = self._open_members()
@@ -212,10 +215,40 @@ class StorageActor(Actor):
             answer = encode_history([], start, compacted=self.store.compact_revision)
         self.watch.put(Kind.RESULT, (read_id, 0, answer))
 
+    def _checkpoint(self, key: int) -> None:
+        """Maintenance.Snapshot: a checkpoint of what is applied now, for the frontend to stream."""
+        self.checkpoints += 1
+        directory = os.path.join(
+            checkpoints_dir(self.settings.data_dir), f"{self.applied}-{self.checkpoints}"
+        )
+        store = self.store
+        everything = rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", count_only=True)
+        try:
+            meta = take_checkpoint(
+                self.backend,
+                directory,
+                store.revision,
+                store.compact_revision,
+                store.range(everything).count,
+                self.settings.member_id,
+                self.settings.cluster_id,
+            )
+        except Exception as e:  # disk full, permissions: the client gets the reason, the node goes on
+            log.error("snapshot_checkpoint_failed", error=str(e))
+            self.session.put(
+                Kind.RESULT, (key, errors.Code.INTERNAL, f"cairn: checkpoint failed: {e}".encode())
+            )
+            return
+        log.info("snapshot_checkpoint_taken", revision=meta.revision, bytes=meta.data_size, path=directory)
+        self.session.put(Kind.RESULT, (key, 0, ticket(directory, meta)))
+
     def _read(self, record: Record) -> None:
         key, method, body = record
         if method == Method.WATCH_HISTORY:
             self._history(key, body)
+            return
+        if method == Method.SNAPSHOT:
+            self._checkpoint(key)
             return
         answer = self.session
         try:

@@ -22,6 +22,7 @@ from actors.errors import EtcdError
 from actors.protocol import Method
 from node.api import Client
 from node.config import NodeConfig
+from plugins.grpc.snapshot import snapshot_stream
 
 log = structlog.get_logger()
 
@@ -166,6 +167,8 @@ class GrpcFrontend:
                 table["LeaseKeepAlive"] = grpc.stream_stream_rpc_method_handler(
                     forward_stream(client, Method.LEASE_KEEPALIVE)
                 )
+            if service == "etcdserverpb.Maintenance":
+                table["Snapshot"] = grpc.unary_stream_rpc_method_handler(snapshot_stream(client))
             handlers.append(grpc.method_handlers_generic_handler(service, table))
         watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
         handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))
