@@ -42,6 +42,10 @@ class Kind(IntEnum):
     LEASE_EVENTS = 8  # storage -> lease: (0, LeaseEvent, LEASE_EVENT body)
     PUSH = 9  # watch -> session -> frontend: (stream id, 0, WatchResponse) sent without a request
     WATCH_EVENTS = 10  # storage -> watch: (revision, 0, pack_blobs(serialized Events)); aux = raft term
+    SNAPSHOT_INSTALL = 11  # raft -> storage: (index, 0, pack_blobs((unpacked kv dir, Snapshot.encode())))
+    SNAPSHOT_INSTALLED = (
+        12  # storage -> raft: (applied index, 0, pack_blobs(member table rows, key, value...))
+    )
 
 
 class Method(IntEnum):
@@ -73,6 +77,7 @@ class Method(IntEnum):
     MEMBER_PROMOTE = 25
     MEMBER_PUBLISH = 26  # a raft entry only: a member records its name and client URLs (etcd's publish)
     MOVE_LEADER = 27
+    RAFT_SNAPSHOT = 28  # raft -> storage (READ, id = peer) and back (RESULT): a checkpoint to send a follower
     SNAPSHOT = 30  # answered with actors.storage.checkpoint.ticket(): the frontend streams the files
 
 

@@ -20,6 +20,8 @@ from actors.raft.actor import RaftActor, RaftSettings
 from actors.raft.identity import Identity
 from actors.session import Limits, SessionActor, key_prefix
 from actors.storage.actor import StorageActor, StorageSettings
+from actors.storage.backend import META
+from actors.storage.install import INSTALLED_SNAPSHOT
 from actors.watch.actor import WatchActor
 from node.config import NodeConfig, split_urls
 from node.logging import setup_logging
@@ -28,11 +30,11 @@ from node.supervisor import EXIT_FATAL
 log = structlog.get_logger()
 
 
-def identity_of(config: NodeConfig, ctx: zmq.Context) -> Identity:
-    """This member's ids: read back, or decided now for a new data dir (founding or joining)."""
+def identity_of(config: NodeConfig, ctx: zmq.Context) -> tuple[Identity, bool]:
+    """This member's ids: read back, or decided now (True) for a new data dir (founding or joining)."""
     found = identity.load(config.data_dir)
     if found is not None:
-        return found
+        return found, False
     peers = config.cluster_peers()
     if config.initial_cluster_state == "existing":
         others = [url for name, urls in peers.items() if name != config.name for url in urls]
@@ -42,12 +44,12 @@ def identity_of(config: NodeConfig, ctx: zmq.Context) -> Identity:
         founders = [rpc_pb2.Member(ID=ids[name], name=name, peerURLs=urls) for name, urls in peers.items()]
         decided = identity.founding(config.member_id, config.cluster_id, founders)
     identity.save(config.data_dir, decided)
-    return decided
+    return decided, True
 
 
 def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
     """Wire the actors of one member; storage opens first so raft knows what is already applied."""
-    me = identity_of(config, ctx)
+    me, fresh = identity_of(config, ctx)
     prefix = key_prefix(me.member_id)
     storage = StorageActor(
         ctx,
@@ -59,6 +61,7 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             heartbeat_ms=config.heartbeat_interval,
             election_ms=config.election_timeout,
             initial_members=me.seed,
+            replace_members=fresh,
         ),
     )
     if me.member_id in storage.members.removed:
@@ -80,6 +83,7 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             election_ms=config.election_timeout,
             applied=storage.applied_index,
             keep_entries=config.snapshot_count,
+            installed_snapshot=storage.backend.get(META, INSTALLED_SNAPSHOT) or b"",
         ),
     )
     limits = Limits(config.max_request_bytes, config.max_txn_ops)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +24,38 @@ from actors import errors, metrics
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
-from actors.protocol import MEMBERSHIP_CHANGES, EntryType, Kind, Method, Record, encode_proposal, unpack
-from actors.raft.core import ConfChange, ConfChangeError, ConfChangeType, NotLeader, RaftCore, Ready, Role
+from actors.protocol import (
+    MEMBERSHIP_CHANGES,
+    EntryType,
+    Kind,
+    Method,
+    Record,
+    encode_proposal,
+    pack_blobs,
+    unpack,
+    unpack_blobs,
+)
+from actors.raft import codec
+from actors.raft.core import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    Message,
+    MsgType,
+    NotLeader,
+    RaftCore,
+    Ready,
+    Role,
+    Snapshot,
+    snapshot_of,
+)
 from actors.raft.durable import DurableLog
 from actors.raft.members import MemberTable, etcd_error
+from actors.raft.snapshots import Incoming, Outgoing, parse_ack
 from actors.raft.syncer import LogSyncer
-from actors.raft.transport import Inbound, PeerTransport
+from actors.raft.transport import SNAP_ACK_MAGIC, SNAP_CHUNK_MAGIC, Inbound, PeerTransport
+from actors.storage.checkpoint import read_ticket
+from actors.storage.snapshot import SnapshotError, extract
 
 log = structlog.get_logger()
 
@@ -50,7 +78,8 @@ class RaftSettings:
     heartbeat_ms: int = 100
     election_ms: int = 1000
     applied: int = 0
-    keep_entries: int = 10000
+    keep_entries: int = 10000  # etcd's snapshot-count: log entries kept below the durably applied index
+    installed_snapshot: bytes = b""  # Snapshot.encode() of the last one the kv DB installed (or empty)
 
 
 class RaftActor(Actor):
@@ -65,6 +94,7 @@ class RaftActor(Actor):
         path = os.path.join(settings.data_dir, "member", "raft")
         os.makedirs(path, exist_ok=True)
         self.log = DurableLog(path)
+        self._finish_install(settings)
         self.metrics = metrics.core()
         for gauge, value in (
             (self.metrics.has_leader, 0),
@@ -85,6 +115,13 @@ class RaftActor(Actor):
             heartbeat_tick=1,
             applied=settings.applied,
         )
+        self.snapshot_dir = os.path.join(settings.data_dir, "member", "snap-recv")
+        shutil.rmtree(self.snapshot_dir, ignore_errors=True)  # partial transfers of an earlier run
+        self.receiving = Incoming(self.snapshot_dir)
+        self.staged: dict[tuple[int, int], str] = {}  # (index, term) -> unpacked snapshot, not installed
+        self.installing: Ready | None = None  # the Ready whose snapshot the storage actor is installing
+        self.snapshot_wanted: dict[int, Message] = {}  # peer -> SNAP message waiting for its checkpoint
+        self.sending: dict[int, Outgoing] = {}  # peer -> snapshot transfer under way
         self.transport = PeerTransport(
             ctx,
             settings.cluster_id,
@@ -139,6 +176,11 @@ class RaftActor(Actor):
                         reads.append(record)
             elif kind == Kind.APPLIED_DURABLE:
                 self._compact(aux)
+            elif kind == Kind.RESULT:
+                for peer, status, body in records:
+                    self._checkpoint_ready(peer, status, body)
+            elif kind == Kind.SNAPSHOT_INSTALLED:
+                self._installed(records[0][2])
         if proposals:
             self._propose(proposals)
         if reads:
@@ -164,6 +206,11 @@ class RaftActor(Actor):
                 self.transport.answer_join(routing_id, answer.SerializeToString())
         if got.removed:
             self._removed()
+        now = time.monotonic()
+        for sender, payload in got.snapshot_acks:
+            self._snapshot_ack(sender, payload, now)
+        for sender, payload in got.snapshot_chunks:
+            self._snapshot_chunk(sender, payload)
 
     def _propose(self, proposals: list[Record], origin: int = 0) -> None:
         """Propose here when leader; a follower forwards to the leader, whose commit answers us.
@@ -316,22 +363,35 @@ class RaftActor(Actor):
         self.storage.put(Kind.READ, (key, method, response.SerializeToString()))
 
     def _drain_ready(self) -> None:
-        """Take Readys from the core; one that must be fsynced waits for the syncer thread."""
+        """Take Readys from the core; one that must be fsynced waits for the syncer thread, one that
+        brings a snapshot waits for the storage actor to install it."""
         core = self.core
-        while self.syncing is None and core.has_ready():
+        while self.syncing is None and self.installing is None and core.has_ready():
             rd = core.ready()
-            if rd.hard_state is not None or rd.entries:
-                self.log.save(rd.hard_state, rd.entries, sync=False)
-                if rd.must_sync:
-                    self.syncing = rd
-                    self.syncer.request()
-                    return
+            if rd.snapshot is not None:
+                self._install(rd)
+                return
+            if not self._persist(rd):
+                return
             self._finish(rd)
+
+    def _persist(self, rd: Ready) -> bool:
+        """Write a Ready's hard state and entries; False when it must wait for their fsync."""
+        if rd.hard_state is not None or rd.entries:
+            self.log.save(rd.hard_state, rd.entries, sync=False)
+            if rd.must_sync:
+                self.syncing = rd
+                self.syncer.request()
+                return False
+        return True
 
     def _finish(self, rd: Ready) -> None:
         """The rest of a Ready, once its entries and hard state are durable."""
         if rd.messages:
-            self.transport.send(rd.messages)  # only now: what they promise is on disk
+            messages = rd.messages
+            if any(m.type == MsgType.SNAP for m in messages):
+                messages = [m for m in messages if m.type != MsgType.SNAP or self._want_snapshot(m)]
+            self.transport.send(messages)  # only now: what they promise is on disk
         if rd.term != self.term:
             self._fail_reads(errors.LEADER_CHANGED)
             self.term = rd.term
@@ -380,6 +440,147 @@ class RaftActor(Actor):
             self._fail(reads, error)
         self.reads.clear()
 
+    # -- snapshots: sending (leader) -------------------------------------------------------------
+
+    def _want_snapshot(self, m: Message) -> bool:
+        """The core wants to send a follower a snapshot: ask storage for a checkpoint of the kv DB.
+        The SNAP message itself leaves with the data (``False``: not sent now)."""
+        if m.to not in self.sending and m.to not in self.snapshot_wanted:
+            self.snapshot_wanted[m.to] = m
+            self.storage.put(Kind.READ, (m.to, Method.RAFT_SNAPSHOT, b""))
+        return False
+
+    def _checkpoint_ready(self, peer: int, status: int, body: bytes) -> None:
+        """The checkpoint is taken (at the storage's applied index): record a raft snapshot at that
+        index (its term and configuration) and start streaming it."""
+        wanted = self.snapshot_wanted.pop(peer, None)
+        if status:
+            log.error("snapshot_checkpoint_failed", peer=f"{peer:x}", error=body.decode(errors="replace"))
+            self.core.report_snapshot(peer, False)
+            return
+        directory, meta = read_ticket(body)
+        core = self.core
+        try:
+            if wanted is None or core.role != Role.LEADER or core.term != wanted.term:
+                raise ValueError("leadership changed meanwhile")
+            snap = core.compact(meta.applied_index)
+        except ValueError as e:
+            log.info("snapshot_send_abandoned", peer=f"{peer:x}", reason=str(e))
+            shutil.rmtree(directory, ignore_errors=True)
+            core.report_snapshot(peer, False)
+            return
+        self.log.compact(self.log.first_index(), snap)
+        message = Message(
+            MsgType.SNAP,
+            peer,
+            self.settings.member_id,
+            wanted.term,
+            log_term=snap.term,
+            index=snap.index,
+            commit=core.commit_index,
+            context=snap.conf_state.encode(),
+        )
+        now = time.monotonic()
+        frame = codec.encode(self.settings.cluster_id, [message])
+        self.sending[peer] = Outgoing(peer, random.getrandbits(63), frame, directory, meta, now)
+        log.info("snapshot_send_started", peer=f"{peer:x}", index=snap.index, bytes=meta.file_size)
+        self._pump_snapshots(now)
+
+    def _pump_snapshots(self, now: float) -> None:
+        for peer, out in list(self.sending.items()):
+            for frame in out.frames():
+                if not self.transport.send_raw(peer, SNAP_CHUNK_MAGIC, frame):
+                    break
+                out.sent()
+            if out.finished or out.stalled(now):
+                self._end_send(out, out.finished)
+
+    def _end_send(self, out: Outgoing, ok: bool) -> None:
+        del self.sending[out.peer]
+        out.discard()
+        self.core.report_snapshot(out.peer, ok)
+        event = "snapshot_sent" if ok else "snapshot_send_failed"
+        log.info(event, peer=f"{out.peer:x}", bytes=out.sent_bytes)
+
+    def _snapshot_ack(self, sender: int, payload: bytes, now: float) -> None:
+        try:
+            transfer, seq, ok = parse_ack(payload)
+        except struct.error:
+            log.warning("snapshot_ack_malformed", peer=f"{sender:x}")
+            return
+        out = self.sending.get(sender)
+        if out is None or out.transfer != transfer:
+            return
+        if not ok:
+            self._end_send(out, False)
+            return
+        out.on_ack(seq, now)
+        self._pump_snapshots(now)
+
+    # -- snapshots: receiving (follower) -----------------------------------------------------------
+
+    def _snapshot_chunk(self, sender: int, payload: bytes) -> None:
+        try:
+            ack, received = self.receiving.on_chunk(payload)
+        except (struct.error, OSError) as e:
+            log.warning("snapshot_chunk_dropped", peer=f"{sender:x}", error=str(e))
+            return
+        self.transport.send_raw(sender, SNAP_ACK_MAGIC, ack)
+        if received is None:
+            return
+        try:
+            (message,) = codec.decode(self.settings.cluster_id, received.message)
+            snap = snapshot_of(message)
+            target = os.path.join(self.snapshot_dir, f"{snap.index}-{snap.term}")
+            shutil.rmtree(target, ignore_errors=True)
+            extract(received.path, target)
+        except (ValueError, SnapshotError, OSError) as e:
+            log.error("snapshot_received_unusable", peer=f"{sender:x}", error=str(e))
+            return
+        finally:
+            os.unlink(received.path)
+        log.info("snapshot_received", peer=f"{sender:x}", index=snap.index, term=snap.term)
+        self.staged[(snap.index, snap.term)] = target
+        self.core.step(message)
+
+    def _install(self, rd: Ready) -> None:
+        """Install FIRST (the kv DB, then the raft log), then the rest of the Ready (core's contract)."""
+        snap = rd.snapshot
+        assert snap is not None
+        directory = self.staged.pop((snap.index, snap.term))
+        self.installing = rd
+        self.storage.put(
+            Kind.SNAPSHOT_INSTALL, (snap.index, 0, pack_blobs((directory.encode(), snap.encode())))
+        )
+
+    def _installed(self, rows: bytes) -> None:
+        rd, self.installing = self.installing, None
+        assert rd is not None and rd.snapshot is not None
+        self.log.apply_snapshot(rd.snapshot)
+        self.committed = max(self.committed, rd.snapshot.index)
+        blobs = unpack_blobs(rows)
+        self.members = MemberTable.from_rows(zip(blobs[::2], blobs[1::2], strict=True))
+        for peer, urls in self.members.peer_urls().items():
+            if peer != self.settings.member_id and urls:
+                self.transport.connect(peer, urls[0])
+        for peer in [p for p in self.transport.outbound if p not in self.members.members]:
+            self.transport.retire(peer)
+        for stale in self.staged.values():
+            shutil.rmtree(stale, ignore_errors=True)
+        self.staged.clear()
+        log.info("raft_snapshot_installed", index=rd.snapshot.index, term=rd.snapshot.term)
+        if self._persist(rd):
+            self._finish(rd)
+        self._drain_ready()
+
+    def _finish_install(self, settings: RaftSettings) -> None:
+        """A crash between the kv DB's install and the raft log's leaves the DB ahead: finish it."""
+        if settings.applied > self.log.last_index() and settings.installed_snapshot:
+            snap = Snapshot.decode(settings.installed_snapshot)
+            if snap.index == settings.applied:
+                log.info("raft_snapshot_install_finished", index=snap.index)
+                self.log.apply_snapshot(snap)
+
     def _compact(self, durable_applied: int) -> None:
         """Drop log entries the storage actor has durably applied, keeping a tail for slow peers.
 
@@ -404,6 +605,8 @@ class RaftActor(Actor):
         self.next_tick = max(self.next_tick + self.interval, now)
         self.transport.refresh_faults()
         self.core.tick()
+        if self.sending:
+            self._pump_snapshots(now)
         if self.stop_at and now >= self.stop_at:
             self.on_removed()
         self._maybe_publish(now)
@@ -422,4 +625,7 @@ class RaftActor(Actor):
             mailbox.close()
         self.transport.close()
         self.syncer.close()
+        self.receiving.close()
+        for out in self.sending.values():
+            out.discard()
         self.log.close()

@@ -34,11 +34,13 @@ from actors.protocol import (
     encode_history,
     pack_blobs,
     unpack,
+    unpack_blobs,
 )
 from actors.raft.confchange import ConfChange
 from actors.raft.members import MemberTable, change_response
 from actors.storage.backend import META, Backend
 from actors.storage.checkpoint import checkpoints_dir, clear_checkpoints, take_checkpoint, ticket
+from actors.storage.install import INSTALLED_SNAPSHOT, recover_swap, swap_in
 from actors.storage.mvcc import MvccStore
 
 log = structlog.get_logger()
@@ -55,7 +57,8 @@ class StorageSettings:
     key_prefix: int  # request keys issued by this member's session actor carry it
     heartbeat_ms: int = 100
     election_ms: int = 1000
-    initial_members: tuple[rpc_pb2.Member, ...] = ()  # the member table of a new store
+    initial_members: tuple[rpc_pb2.Member, ...] = ()  # the member table of a new store...
+    replace_members: bool = False  # ...or of a store restored from a backup of another cluster
 
 
 class StorageActor(Actor):
@@ -65,11 +68,11 @@ class StorageActor(Actor):
         self.settings = settings
         path = os.path.join(settings.data_dir, "member", "kv")
         os.makedirs(path, exist_ok=True)
+        recover_swap(path)
         self.backend = Backend(path)
         clear_checkpoints(settings.data_dir)
         self.checkpoints = 0
-        leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
-        self.store = MvccStore(self.backend, leases)
+        self.store = self._open_store()
         self.members = self._open_members()
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
@@ -87,12 +90,44 @@ class StorageActor(Actor):
         self.next_sync = time.monotonic() + 1.0
         log.info("storage_opened", revision=self.store.revision, applied=self.applied)
 
+    def _open_store(self) -> MvccStore:
+        settings = self.settings
+        leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
+        return MvccStore(self.backend, leases)
+
+    def _install(self, record: Record) -> None:
+        """Raft snapshot install: the kv DB becomes the leader's checkpoint (unpacked by raft), the
+        indexes are rebuilt from it, and raft hears the member table it brought."""
+        _, _, body = record
+        directory, snapshot = unpack_blobs(body)
+        self._commit()
+        before = {event[1] for event in self.store.lease_snapshot()}
+        path = self.backend.path
+        self.backend.close()
+        incoming = Backend(directory.decode())  # tagged before the swap: a restart finishes raft's part
+        incoming.put(META, INSTALLED_SNAPSHOT, snapshot)
+        incoming.commit(incoming.applied_index, sync=True)
+        incoming.close()
+        swap_in(path, directory.decode())
+        self.backend = Backend(path)
+        self.store = self._open_store()
+        self.applied = self.synced = self.backend.applied_index
+        self.members = MemberTable.from_rows(self.backend.scan(META))
+        leases = self.store.lease_snapshot()
+        gone = before - {event[1] for event in leases}
+        self._send_lease_events([("revoke", lease_id) for lease_id in gone] + leases)
+        log.info("snapshot_installed", applied=self.applied, revision=self.store.revision)
+        rows = [part for row in self.members.rows() for part in (row[0], row[1] or b"")]
+        self.raft.put(Kind.SNAPSHOT_INSTALLED, (self.applied, 0, pack_blobs(rows)))
+
     def _open_members(self) -> MemberTable:
         """The member table in ``meta``; a new store is seeded with the founding (or joined) members."""
         table = MemberTable.from_rows(self.backend.scan(META))
-        if not table.members and self.settings.initial_members:
-            table = MemberTable(self.settings.initial_members)
-            self._persist(table.rows())
+        settings = self.settings
+        if settings.initial_members and (settings.replace_members or not table.members):
+            stale = [(key, None) for key, _ in table.rows()]
+            table = MemberTable(settings.initial_members)
+            self._persist(stale + table.rows())
             self.backend.commit(self.backend.applied_index, sync=True)
         return table
 
@@ -135,6 +170,8 @@ class StorageActor(Actor):
                 self._commit()
                 for record in records:
                     self._read(record)
+            elif kind == Kind.SNAPSHOT_INSTALL:
+                self._install(*records)
         self._commit()
 
     def _header(self, response: object) -> None:
@@ -215,8 +252,10 @@ class StorageActor(Actor):
             answer = encode_history([], start, compacted=self.store.compact_revision)
         self.watch.put(Kind.RESULT, (read_id, 0, answer))
 
-    def _checkpoint(self, key: int) -> None:
-        """Maintenance.Snapshot: a checkpoint of what is applied now, for the frontend to stream."""
+    def _checkpoint(self, key: int, reply: Mailbox | None = None) -> None:
+        """Maintenance.Snapshot: a checkpoint of what is applied now, for the frontend to stream
+        (or for the raft actor to send a follower: ``reply``)."""
+        reply = reply or self.session
         self.checkpoints += 1
         directory = os.path.join(
             checkpoints_dir(self.settings.data_dir), f"{self.applied}-{self.checkpoints}"
@@ -235,12 +274,10 @@ class StorageActor(Actor):
             )
         except Exception as e:  # disk full, permissions: the client gets the reason, the node goes on
             log.error("snapshot_checkpoint_failed", error=str(e))
-            self.session.put(
-                Kind.RESULT, (key, errors.Code.INTERNAL, f"cairn: checkpoint failed: {e}".encode())
-            )
+            reply.put(Kind.RESULT, (key, errors.Code.INTERNAL, f"cairn: checkpoint failed: {e}".encode()))
             return
         log.info("snapshot_checkpoint_taken", revision=meta.revision, bytes=meta.data_size, path=directory)
-        self.session.put(Kind.RESULT, (key, 0, ticket(directory, meta)))
+        reply.put(Kind.RESULT, (key, 0, ticket(directory, meta)))
 
     def _read(self, record: Record) -> None:
         key, method, body = record
@@ -249,6 +286,9 @@ class StorageActor(Actor):
             return
         if method == Method.SNAPSHOT:
             self._checkpoint(key)
+            return
+        if method == Method.RAFT_SNAPSHOT:
+            self._checkpoint(key, self.raft)
             return
         answer = self.session
         try:
