@@ -105,6 +105,7 @@ class RaftActor(Actor):
             gauge.set(value)  # in multiprocess mode a gauge never set is not exported at all
         self.syncer = LogSyncer(ctx, self.log.sync, self.metrics.wal_fsync)
         self.syncing: Ready | None = None  # the Ready whose fsync is under way
+        self.sent_early: Ready | None = None  # a leader's Ready whose messages left before its write
         self.members = settings.members.copy()
         self.core = RaftCore(
             settings.member_id,
@@ -376,8 +377,19 @@ class RaftActor(Actor):
             self._finish(rd)
 
     def _persist(self, rd: Ready) -> bool:
-        """Write a Ready's hard state and entries; False when it must wait for their fsync."""
+        """Write a Ready's hard state and entries; False when it must wait for their fsync.
+
+        A leader whose term and vote are on disk already sends first: the followers write the new
+        entries while it does (the core counts its own only once they are durable).
+        """
         if rd.hard_state is not None or rd.entries:
+            if (
+                rd.role == Role.LEADER
+                and rd.messages
+                and (rd.hard_state is None or rd.hard_state.term == self.log.initial_state().term)
+            ):
+                self._send(rd.messages)
+                self.sent_early = rd
             self.log.save(rd.hard_state, rd.entries, sync=False)
             if rd.must_sync:
                 self.syncing = rd
@@ -387,11 +399,9 @@ class RaftActor(Actor):
 
     def _finish(self, rd: Ready) -> None:
         """The rest of a Ready, once its entries and hard state are durable."""
-        if rd.messages:
-            messages = rd.messages
-            if any(m.type == MsgType.SNAP for m in messages):
-                messages = [m for m in messages if m.type != MsgType.SNAP or self._want_snapshot(m)]
-            self.transport.send(messages)  # only now: what they promise is on disk
+        if rd.messages and self.sent_early is not rd:
+            self._send(rd.messages)  # only now: what they promise is on disk
+        self.sent_early = None
         if rd.term != self.term:
             self._fail_reads(errors.LEADER_CHANGED)
             self.term = rd.term
@@ -423,6 +433,11 @@ class RaftActor(Actor):
             if self.moves:
                 self._settle_moves(time.monotonic())
         self.core.advance(rd)
+
+    def _send(self, messages: list[Message]) -> None:
+        if any(m.type == MsgType.SNAP for m in messages):
+            messages = [m for m in messages if m.type != MsgType.SNAP or self._want_snapshot(m)]
+        self.transport.send(messages)
 
     def _release_reads(self) -> None:
         """Reads go to storage behind the entries up to their read index (a follower may lag)."""
