@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 import zmq
+from google.protobuf.message import DecodeError
 
 from actors import errors, metrics
 from actors.loop import Actor
@@ -253,7 +254,12 @@ class RaftActor(Actor):
     def _move_leader(self, record: Record) -> None:
         """etcd's MoveLeader: only the leader takes it; answered once the transferee leads."""
         key, _, body = record
-        target = rpc_pb2.MoveLeaderRequest.FromString(body).targetID
+        try:
+            target = rpc_pb2.MoveLeaderRequest.FromString(body).targetID
+        except DecodeError:
+            error = errors.EtcdError(errors.Code.INVALID_ARGUMENT, "cairn: malformed MoveLeaderRequest")
+            self._fail([record], error)
+            return
         member = self.members.get(target)
         if self.core.role != Role.LEADER:
             self._fail([record], errors.NOT_LEADER)
