@@ -12,6 +12,7 @@ import re
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from servers import Cluster, Server, free_port, run_etcdctl
 
@@ -209,3 +210,19 @@ def test_add_learner_promote_remove(tmp_path: Path) -> None:
             wait_for(lambda: not leader.running, 30, "the removed member refusing to start")
         finally:
             node.stop()
+
+
+def test_malformed_membership_requests_get_a_clear_error(cairn: Server) -> None:
+    with grpc.insecure_channel(cairn.endpoint) as channel:
+        for path in (
+            "Cluster/MemberAdd",
+            "Cluster/MemberRemove",
+            "Cluster/MemberUpdate",
+            "Cluster/MemberPromote",
+            "Maintenance/MoveLeader",
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                channel.unary_unary(f"/etcdserverpb.{path}")(b"\xff\xff\xff", timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+    assert cairn.etcdctl("put", "still", "serving").stdout == "OK\n"
+    assert len(members(cairn.endpoint)) == 1
