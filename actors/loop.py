@@ -70,11 +70,9 @@ class Loop:
             timeout_ms = max(0, int((min(deadlines) - now) * 1000) + 1) if deadlines else 1000
             for sock, _ in self.poller.poll(timeout_ms):
                 messages = []
-                for _ in range(DRAIN_LIMIT):
-                    try:
-                        messages.append(sock.recv_multipart(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
+                # EVENTS instead of catching zmq.Again: an exception per drain costs ~5 µs
+                while len(messages) < DRAIN_LIMIT and sock.get(zmq.EVENTS) & zmq.POLLIN:
+                    messages.append(sock.recv_multipart(zmq.NOBLOCK))
                 if messages:
                     self.owner[sock].handle(sock, messages)
             now = time.monotonic()

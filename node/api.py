@@ -15,7 +15,6 @@ import time
 
 import structlog
 import zmq
-import zmq.asyncio
 
 from actors import errors
 from actors.protocol import Kind, MalformedFrame, Method, Record, pack, unpack
@@ -73,12 +72,17 @@ class Stream:
 
 
 class Client:
-    """Pipelined request/response over a DEALER socket connected to the core's session actor."""
+    """Pipelined request/response over a DEALER socket connected to the core's session actor.
 
-    def __init__(self, url: str, timeout: float = 7.0, context: zmq.asyncio.Context | None = None) -> None:
+    The socket is a plain (blocking-API) pyzmq socket watched with the event loop's ``add_reader``
+    on its edge-triggered FD: zmq.asyncio's per-call futures and events cost more than the whole
+    rest of this class (profiled: ~18% of the frontend's CPU under a put load).
+    """
+
+    def __init__(self, url: str, timeout: float = 7.0, context: zmq.Context | None = None) -> None:
         self.url = url
         self.timeout = timeout
-        self._ctx = context or zmq.asyncio.Context.instance()
+        self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 0)
@@ -89,15 +93,19 @@ class Client:
         self._outbox: list[Record] = []
         self._streams: dict[int, Stream] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop  # the loop `start` ran in: every call comes from it
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._expire())]
+        self._loop = loop = asyncio.get_running_loop()
+        loop.add_reader(self._sock.getsockopt(zmq.FD), self._receive)
+        loop.call_soon(self._receive)  # the FD is edge-triggered: take what came before we watched
+        self._tasks = [asyncio.create_task(self._expire())]
 
     async def call(self, method: int, request: bytes) -> bytes:
         """Send one request; return the response message or raise the node's :class:`EtcdError`."""
         rid = self._next_id
         self._next_id += 1
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending[rid] = (future, time.monotonic() + self.timeout)
         self._enqueue((rid, method, request))
         log.debug("request_sent", request_id=rid, method=method)  # filtered out below debug: ~0.2 µs
@@ -111,7 +119,7 @@ class Client:
 
     def _enqueue(self, record: Record) -> None:
         if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._outbox.append(record)
 
     def _flush(self) -> None:
@@ -119,24 +127,29 @@ class Client:
         self._send_frame(pack(Kind.REQUEST, records))
 
     def _send_frame(self, frame: bytes) -> None:
-        self._sock.send(frame, copy=False)
+        self._sock.send(frame)  # SNDHWM 0: never blocks
+        # any operation on the socket may consume the FD's edge for input that is waiting
+        if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._loop.call_soon(self._receive)
 
-    async def _receive(self) -> None:
-        while True:
-            frame = await self._sock.recv(copy=True)
-            try:
-                kind, _, records = unpack(frame)
-            except MalformedFrame as e:
-                log.error("core_frame_malformed", error=str(e))
-                continue
-            if kind == Kind.PUSH:
-                for sid, _, body in records:
-                    stream = self._streams.get(sid)
-                    if stream is not None:
-                        stream._push(body)
-                continue
-            if kind != Kind.RESULT:
-                continue
+    def _receive(self) -> None:
+        """Take every frame waiting on the socket (the loop calls this when its FD signals)."""
+        sock = self._sock
+        while not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._dispatch(sock.recv(zmq.NOBLOCK))
+
+    def _dispatch(self, frame: bytes) -> None:
+        try:
+            kind, _, records = unpack(frame)
+        except MalformedFrame as e:
+            log.error("core_frame_malformed", error=str(e))
+            return
+        if kind == Kind.PUSH:
+            for sid, _, body in records:
+                stream = self._streams.get(sid)
+                if stream is not None:
+                    stream._push(body)
+        elif kind == Kind.RESULT:
             for rid, status, body in records:
                 entry = self._pending.pop(rid, None)
                 if entry is None or entry[0].done():
@@ -172,4 +185,5 @@ class Client:
             if not future.done():
                 future.set_exception(errors.STOPPED.copy())
         self._pending.clear()
+        self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
         self._sock.close(linger=0)
