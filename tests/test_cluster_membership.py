@@ -145,7 +145,13 @@ def start_added_member(cluster: Cluster, base: Path, added: str, via: Server) ->
     node.peer_port = int(env["ETCD_INITIAL_ADVERTISE_PEER_URLS"].rsplit(":", 1)[1])
     node.initial_cluster = env["ETCD_INITIAL_CLUSTER"]
     node.env = {"ETCD_INITIAL_CLUSTER_STATE": env["ETCD_INITIAL_CLUSTER_STATE"]}
-    return node.start()
+    node.start(wait=False)  # a learner refuses the linearizable read start() waits for, as etcd's do
+    wait_for(
+        lambda: node.etcdctl("get", "x", "--consistency=s", check=False).returncode == 0,
+        30,
+        "the learner serving",
+    )
+    return node
 
 
 def test_add_learner_promote_remove(tmp_path: Path) -> None:
@@ -161,8 +167,16 @@ def test_add_learner_promote_remove(tmp_path: Path) -> None:
         new_id = int(re.search(r"Member\s+(\w+) added", added).group(1), 16)
         node = start_added_member(cluster, tmp_path, added, follower)
         try:
-            # a learner gets the log: it serves what was written before it joined
-            assert node.etcdctl("get", "k49", "--consistency=s", "--print-value-only").stdout == "v49\n"
+            # a learner gets the log: it serves what was written before it joined, serializably;
+            # anything else it refuses, as etcd's learners do
+            wait_for(
+                lambda: node.etcdctl("get", "k49", "--consistency=s", "--print-value-only").stdout == "v49\n",
+                30,
+                "the learner catching up",
+            )
+            refused = node.etcdctl("put", "k", "v", check=False)
+            assert "etcdserver: rpc not supported for learner" in refused.stderr
+            assert node.etcdctl("endpoint", "status", "-w", "json").returncode == 0
             wait_for(
                 lambda: (
                     run_etcdctl(follower.endpoint, "member", "promote", f"{new_id:x}", check=False).returncode
