@@ -91,3 +91,21 @@ NOT_SUPPORTED_FOR_LEARNER = _error(Code.UNAVAILABLE, "rpc not supported for lear
 BAD_LEADER_TRANSFEREE = _error(Code.FAILED_PRECONDITION, "bad leader transferee")
 # not in etcd's gRPC error table: it reaches clients with code Unknown and this text
 LEADER_TRANSFER_TIMEOUT = _error(Code.UNKNOWN, "request timed out, leader transfer took too long")
+ROOT_USER_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "root user does not exist")
+ROOT_ROLE_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "root user does not have root role")
+USER_ALREADY_EXIST = _error(Code.FAILED_PRECONDITION, "user name already exists")
+USER_EMPTY = _error(Code.INVALID_ARGUMENT, "user name is empty")
+USER_NOT_FOUND = _error(Code.FAILED_PRECONDITION, "user name not found")
+ROLE_ALREADY_EXIST = _error(Code.FAILED_PRECONDITION, "role name already exists")
+ROLE_NOT_FOUND = _error(Code.FAILED_PRECONDITION, "role name not found")
+ROLE_EMPTY = _error(Code.INVALID_ARGUMENT, "role name is empty")
+AUTH_FAILED = _error(Code.INVALID_ARGUMENT, "authentication failed, invalid user ID or password")
+ROLE_NOT_GRANTED = _error(Code.FAILED_PRECONDITION, "role is not granted to the user")
+PERMISSION_NOT_GRANTED = _error(Code.FAILED_PRECONDITION, "permission is not granted to the role")
+AUTH_NOT_ENABLED = _error(Code.FAILED_PRECONDITION, "authentication is not enabled")
+INVALID_AUTH_MGMT = _error(Code.INVALID_ARGUMENT, "invalid auth management")
+AUTH_OLD_REVISION = _error(Code.INVALID_ARGUMENT, "revision of auth store is old")
+# not in etcd's rpctypes table, so etcd answers its auth package's text with code Unknown
+NO_PASSWORD_USER = EtcdError(
+    Code.UNKNOWN, "auth: authentication failed, password was given for no password user"
+)

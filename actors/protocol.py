@@ -42,10 +42,9 @@ class Kind(IntEnum):
     LEASE_EVENTS = 8  # storage -> lease: (0, LeaseEvent, LEASE_EVENT body)
     PUSH = 9  # watch -> session -> frontend: (stream id, 0, WatchResponse) sent without a request
     WATCH_EVENTS = 10  # storage -> watch: (revision, 0, pack_blobs(serialized Events)); aux = raft term
-    SNAPSHOT_INSTALL = 11  # raft -> storage: (index, 0, pack_blobs((unpacked kv dir, Snapshot.encode())))
-    SNAPSHOT_INSTALLED = (
-        12  # storage -> raft: (applied index, 0, pack_blobs(member table rows, key, value...))
-    )
+    TOKEN_REQUEST = 11  # frontend -> session: as REQUEST, each body is encode_with_token(token, request)
+    SNAPSHOT_INSTALL = 12  # raft -> storage: (index, 0, pack_blobs((unpacked kv dir, Snapshot.encode())))
+    SNAPSHOT_INSTALLED = 13  # storage -> raft: (applied index, 0, pack_blobs(member table rows))
 
 
 class Method(IntEnum):
@@ -79,6 +78,23 @@ class Method(IntEnum):
     MOVE_LEADER = 27
     RAFT_SNAPSHOT = 28  # raft -> storage (READ, id = peer) and back (RESULT): a checkpoint to send a follower
     SNAPSHOT = 30  # answered with actors.storage.checkpoint.ticket(): the frontend streams the files
+    # Auth service (etcd's Auth RPCs), 50-79
+    AUTH_ENABLE = 50
+    AUTH_DISABLE = 51
+    AUTHENTICATE = 52
+    USER_ADD = 53
+    USER_GET = 54
+    USER_LIST = 55
+    USER_DELETE = 56
+    USER_CHANGE_PASSWORD = 57
+    USER_GRANT_ROLE = 58
+    USER_REVOKE_ROLE = 59
+    ROLE_ADD = 60
+    ROLE_GET = 61
+    ROLE_LIST = 62
+    ROLE_DELETE = 63
+    ROLE_GRANT_PERMISSION = 64
+    ROLE_REVOKE_PERMISSION = 65
 
 
 STREAM_METHODS = frozenset({Method.WATCH, Method.WATCH_CLOSE, Method.WATCH_BLOCKED, Method.WATCH_READY})
@@ -93,6 +109,72 @@ WRITES = (
     )
     | MEMBERSHIP_CHANGES
 )
+
+
+AUTH_METHODS = frozenset(m for m in Method if 50 <= m < 80)
+
+AUTH_RPCS: dict[str, Method] = {
+    "AuthEnable": Method.AUTH_ENABLE,
+    "AuthDisable": Method.AUTH_DISABLE,
+    "Authenticate": Method.AUTHENTICATE,
+    "UserAdd": Method.USER_ADD,
+    "UserGet": Method.USER_GET,
+    "UserList": Method.USER_LIST,
+    "UserDelete": Method.USER_DELETE,
+    "UserChangePassword": Method.USER_CHANGE_PASSWORD,
+    "UserGrantRole": Method.USER_GRANT_ROLE,
+    "UserRevokeRole": Method.USER_REVOKE_ROLE,
+    "RoleAdd": Method.ROLE_ADD,
+    "RoleGet": Method.ROLE_GET,
+    "RoleList": Method.ROLE_LIST,
+    "RoleDelete": Method.ROLE_DELETE,
+    "RoleGrantPermission": Method.ROLE_GRANT_PERMISSION,
+    "RoleRevokePermission": Method.ROLE_REVOKE_PERMISSION,
+}
+"""The etcdserverpb.Auth service's RPC names and the method each is (gRPC and REST serve them all)."""
+
+AUTHED = 0x80
+"""Set on a record's method byte (PROPOSE and READ records inside the core, raft entries) when its
+body starts with an auth header: who asked and at which auth store revision (etcd's
+RequestHeader.Username and AuthRevision). The storage actor checks permissions against it."""
+AUTH_HEADER = struct.Struct("<QI")  # auth revision, length of the user name (UTF-8) that follows
+
+
+def encode_authed(user: str, auth_revision: int, body: bytes) -> bytes:
+    name = user.encode()
+    return AUTH_HEADER.pack(auth_revision, len(name)) + name + body
+
+
+def decode_authed(body: bytes) -> tuple[str, int, bytes]:
+    """Inverse of :func:`encode_authed`: ``(user, auth revision, request)``."""
+    revision, length = AUTH_HEADER.unpack_from(body, 0)
+    start = AUTH_HEADER.size
+    return body[start : start + length].decode(), revision, body[start + length :]
+
+
+TOKEN_LENGTH = struct.Struct("<H")
+
+
+def encode_with_token(token: str, request: bytes) -> bytes:
+    """A TOKEN_REQUEST record body: the client's auth token (u16 length + UTF-8), then the request.
+
+    A token too long for its length field is no token any member issued: it travels as the empty
+    token, which the core refuses as "invalid auth token" like any other unknown one."""
+    raw = token.encode("utf-8", "replace")
+    if len(raw) > 0xFFFF:
+        raw = b""
+    return TOKEN_LENGTH.pack(len(raw)) + raw + request
+
+
+def decode_with_token(body: bytes) -> tuple[str, bytes]:
+    """Inverse of :func:`encode_with_token`; raises :class:`MalformedFrame` on bad bytes."""
+    if len(body) < TOKEN_LENGTH.size:
+        raise MalformedFrame("token request shorter than its token length")
+    (length,) = TOKEN_LENGTH.unpack_from(body, 0)
+    end = TOKEN_LENGTH.size + length
+    if len(body) < end:
+        raise MalformedFrame("token runs past the end of the record")
+    return body[TOKEN_LENGTH.size : end].decode("utf-8", "replace"), body[end:]
 
 
 class LeaseEvent(IntEnum):

@@ -17,10 +17,22 @@ import structlog
 import zmq
 
 from actors import errors
+from actors.auth.gate import AuthGate, TokenNotApplied
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
-from actors.protocol import STREAM_METHODS, WRITES, Kind, MalformedFrame, Method, Record, pack, unpack
+from actors.protocol import (
+    AUTH_METHODS,
+    STREAM_METHODS,
+    WRITES,
+    Kind,
+    MalformedFrame,
+    Method,
+    Record,
+    decode_with_token,
+    pack,
+    unpack,
+)
 from actors.storage.validate import validate
 
 log = structlog.get_logger()
@@ -28,6 +40,7 @@ log = structlog.get_logger()
 CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT, Method.MEMBER_PUBLISH}
 
 
+TOKEN_RETRY = 0.005  # seconds between retries of requests whose token this member has not applied yet
 KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
 
@@ -62,7 +75,9 @@ def key_prefix(member_id: int) -> int:
 class SessionActor(Actor):
     name = "session"
 
-    def __init__(self, ctx: zmq.Context, url: str, member_id: int, limits: Limits) -> None:
+    def __init__(
+        self, ctx: zmq.Context, url: str, member_id: int, limits: Limits, gate: AuthGate | None = None
+    ) -> None:
         self.front = ctx.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.LINGER, 0)
         self.front.setsockopt(zmq.SNDHWM, 0)
@@ -74,6 +89,8 @@ class SessionActor(Actor):
         self.storage = Mailbox(ctx, "storage")
         self.lease = Mailbox(ctx, "lease")
         self.watch = Mailbox(ctx, "watch")
+        self.auth = Mailbox(ctx, "auth")
+        self.gate = gate
         self.limits = limits
         self.prefix = key_prefix(member_id)
         # like etcd's request ids: start from the clock, so keys of a restarted member never repeat
@@ -87,6 +104,9 @@ class SessionActor(Actor):
         self.stream_keys: dict[tuple[bytes, int], int] = {}
         self.last_seen: dict[bytes, float] = {}
         self.next_sweep = time.monotonic() + 1.0
+        # requests held until this member applies their token's Authenticate entry
+        self.parked: list[tuple[bytes, int, int, bytes, float, str | None]] = []
+        self.next_retry = 0.0
 
     def sockets(self) -> Sequence[zmq.Socket]:
         return (self.front, self.inbox)
@@ -112,6 +132,8 @@ class SessionActor(Actor):
                             self._stream_request(identity, rid, method, body)
                         else:
                             self._request(identity, rid, method, body, deadline)
+                elif kind == Kind.TOKEN_REQUEST:
+                    self._token_requests(identity, records, deadline)
             return
         for (frame,) in messages:
             kind, _, records = unpack(frame)
@@ -122,11 +144,30 @@ class SessionActor(Actor):
                 for key, status, body in records:
                     self._answer(key, status, body)
 
+    def _token_requests(self, identity: bytes, records: list[Record], deadline: float) -> None:
+        for rid, method, body in records:
+            try:
+                token, request = decode_with_token(body)
+            except MalformedFrame as e:
+                self._fail(identity, rid, errors.EtcdError(errors.Code.INVALID_ARGUMENT, f"cairn: {e}"))
+                continue
+            if method in STREAM_METHODS:
+                self._stream_request(identity, rid, method, request, token)
+            else:
+                self._request(identity, rid, method, request, deadline, token)
+
     def _reply(self, identity: bytes, record: Record) -> None:
         self.replies.setdefault(identity, []).append(record)
 
-    def _stream_request(self, identity: bytes, stream_id: int, method: int, body: bytes) -> None:
+    def _stream_request(
+        self, identity: bytes, stream_id: int, method: int, body: bytes, token: str | None = None
+    ) -> None:
         """Watch stream traffic goes to the watch actor under a node-wide stream key."""
+        if method == Method.WATCH and self.gate is not None:
+            denial = self.gate.watch_denial(body, token)
+            if denial is not None:  # etcd answers a refused create on the stream, which stays open
+                self.pushes.setdefault(identity, []).append((stream_id, 0, denial))
+                return
         key = self.stream_keys.get((identity, stream_id))
         if key is None:
             if method == Method.WATCH_CLOSE:
@@ -148,32 +189,45 @@ class SessionActor(Actor):
     def _fail(self, identity: bytes, rid: int, error: errors.EtcdError) -> None:
         self._reply(identity, (rid, error.code, error.message.encode()))
 
-    def _request(self, identity: bytes, rid: int, method: int, body: bytes, deadline: float) -> None:
+    def _request(
+        self, identity: bytes, rid: int, method: int, body: bytes, deadline: float, token: str | None = None
+    ) -> None:
         if method not in CLIENT_METHODS:
             self._fail(identity, rid, errors.EtcdError(errors.Code.UNIMPLEMENTED, f"unknown method {method}"))
             return
         key = self._next_key()
         # follows one request through the logs: the frontend logs request_id, the actors log key
         log.debug("request_received", frontend=identity.hex(), request_id=rid, key=f"{key:x}", method=method)
-        if method in WRITES and proposal_size(key, body) > self.limits.max_request_bytes:
+        proposed = method in WRITES or method in AUTH_METHODS
+        if proposed and proposal_size(key, body) > self.limits.max_request_bytes:
             self._fail(identity, rid, errors.REQUEST_TOO_LARGE)
             return
         try:
             message = validate(Method(method), body, self.limits.max_txn_ops)
+            routed, body = (method, body) if self.gate is None else self.gate.tag(method, body, token)
+        except TokenNotApplied:
+            self.parked.append((identity, rid, method, body, deadline, token))
+            return
         except errors.EtcdError as e:
             self._fail(identity, rid, e)
             return
         self.waiting[key] = (identity, rid, deadline)
+        if method in AUTH_METHODS:
+            if method in (Method.AUTHENTICATE, Method.USER_ADD, Method.USER_CHANGE_PASSWORD):
+                self.auth.put(Kind.REQUEST, (key, routed, body))  # password hashing, off this loop
+            else:
+                self.raft.put(Kind.PROPOSE, (key, routed, body))  # applied in log order, as etcd
+            return
         if method in WRITES:
             if method == Method.LEASE_GRANT:
                 body = self._with_lease_id(body)
-            self.raft.put(Kind.PROPOSE, (key, method, body))
+            self.raft.put(Kind.PROPOSE, (key, routed, body))
         elif method == Method.LEASE_KEEPALIVE:
-            self.lease.put(Kind.READ, (key, method, body))
+            self.lease.put(Kind.READ, (key, routed, body))
         elif method == Method.SNAPSHOT or (method == Method.RANGE and message.serializable):
-            self.storage.put(Kind.READ, (key, method, body))
+            self.storage.put(Kind.READ, (key, routed, body))
         else:
-            self.raft.put(Kind.READ, (key, method, body))
+            self.raft.put(Kind.READ, (key, routed, body))
 
     def _next_key(self) -> int:
         self.counter = (self.counter + 1) & KEY_MASK or 1  # low bits 0: the lease actor's proposals
@@ -197,11 +251,15 @@ class SessionActor(Actor):
             self._reply(identity, (rid, status, body))
 
     def deadline(self) -> float | None:
-        return self.next_sweep
+        return min(self.next_sweep, self.next_retry) if self.parked else self.next_sweep
 
     def on_time(self, now: float) -> None:
         """Answer requests that raft never committed in time (a lost leader) with etcd's timeout,
         and close the watch streams of frontends that went away (crashed or restarted)."""
+        if self.parked and now >= self.next_retry:
+            self._retry_parked(now)
+        if now < self.next_sweep:
+            return
         self.next_sweep = now + 1.0
         late = [key for key, (_, _, deadline) in self.waiting.items() if deadline < now]
         for key in late:
@@ -214,11 +272,21 @@ class SessionActor(Actor):
             for identity in gone:
                 del self.last_seen[identity]
 
+    def _retry_parked(self, now: float) -> None:
+        self.next_retry = now + TOKEN_RETRY
+        parked, self.parked = self.parked, []
+        for identity, rid, method, body, deadline, token in parked:
+            if deadline < now:
+                self._fail(identity, rid, errors.INVALID_AUTH_TOKEN)
+            else:
+                self._request(identity, rid, method, body, deadline, token)
+
     def flush(self) -> None:
         self.raft.flush()
         self.storage.flush()
         self.lease.flush()
         self.watch.flush()
+        self.auth.flush()
         for kind, batches in ((Kind.RESULT, self.replies), (Kind.PUSH, self.pushes)):
             if batches:
                 for identity, records in batches.items():
@@ -228,5 +296,5 @@ class SessionActor(Actor):
     def close(self) -> None:
         for sock in (self.front, self.inbox):
             sock.close(linger=0)
-        for mailbox in (self.raft, self.storage, self.lease, self.watch):
+        for mailbox in (self.raft, self.storage, self.lease, self.watch, self.auth):
             mailbox.close()

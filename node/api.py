@@ -17,7 +17,7 @@ import structlog
 import zmq
 
 from actors import errors
-from actors.protocol import Kind, MalformedFrame, Method, Record, pack, unpack
+from actors.protocol import Kind, MalformedFrame, Method, Record, encode_with_token, pack, unpack
 
 log = structlog.get_logger()
 
@@ -36,15 +36,16 @@ class Stream:
     stays bounded by the high-water mark plus what was already in flight.
     """
 
-    def __init__(self, client: Client, stream_id: int) -> None:
+    def __init__(self, client: Client, stream_id: int, token: str | None = None) -> None:
         self.client = client
         self.id = stream_id
+        self.token = token  # every record of the stream carries it, so they stay in order
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.queued_bytes = 0
         self.blocked = False
 
     def send(self, request: bytes) -> None:
-        self.client._enqueue((self.id, Method.WATCH, request))
+        self.client._enqueue((self.id, Method.WATCH, request), self.token)
 
     def _push(self, response: bytes) -> None:
         self.queue.put_nowait(response)
@@ -52,7 +53,7 @@ class Stream:
         full = self.queue.qsize() >= STREAM_HIGH_WATER or self.queued_bytes >= STREAM_HIGH_BYTES
         if not self.blocked and full:
             self.blocked = True
-            self.client._enqueue((self.id, Method.WATCH_BLOCKED, b""))
+            self.client._enqueue((self.id, Method.WATCH_BLOCKED, b""), self.token)
 
     async def get(self) -> bytes:
         response = await self.queue.get()
@@ -63,12 +64,12 @@ class Stream:
             and self.queued_bytes < STREAM_HIGH_BYTES // 8
         ):
             self.blocked = False
-            self.client._enqueue((self.id, Method.WATCH_READY, b""))
+            self.client._enqueue((self.id, Method.WATCH_READY, b""), self.token)
         return response
 
     def close(self) -> None:
         if self.client._streams.pop(self.id, None) is not None:
-            self.client._enqueue((self.id, Method.WATCH_CLOSE, b""))
+            self.client._enqueue((self.id, Method.WATCH_CLOSE, b""), self.token)
 
 
 class Client:
@@ -91,6 +92,7 @@ class Client:
         self._next_id = 1
         self._pending: dict[int, tuple[asyncio.Future[bytes], float]] = {}
         self._outbox: list[Record] = []
+        self._token_outbox: list[Record] = []  # requests carrying a client's auth token
         self._streams: dict[int, Stream] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop  # the loop `start` ran in: every call comes from it
@@ -101,30 +103,42 @@ class Client:
         loop.call_soon(self._receive)  # the FD is edge-triggered: take what came before we watched
         self._tasks = [asyncio.create_task(self._expire())]
 
-    async def call(self, method: int, request: bytes) -> bytes:
-        """Send one request; return the response message or raise the node's :class:`EtcdError`."""
+    async def call(self, method: int, request: bytes, token: str | None = None) -> bytes:
+        """Send one request; return the response message or raise the node's :class:`EtcdError`.
+
+        ``token`` is the client's auth token (gRPC metadata ``token``, the REST ``Authorization``
+        header, a RESP ``AUTH``, a field of the ZeroMQ protocol): the core resolves it to a user.
+        """
         rid = self._next_id
         self._next_id += 1
         future = self._loop.create_future()
         self._pending[rid] = (future, time.monotonic() + self.timeout)
-        self._enqueue((rid, method, request))
+        self._enqueue((rid, method, request), token)
         log.debug("request_sent", request_id=rid, method=method)  # filtered out below debug: ~0.2 µs
         return await future
 
-    def open_stream(self) -> Stream:
-        stream = Stream(self, self._next_id)
+    def open_stream(self, token: str | None = None) -> Stream:
+        stream = Stream(self, self._next_id, token)
         self._next_id += 1
         self._streams[stream.id] = stream
         return stream
 
-    def _enqueue(self, record: Record) -> None:
-        if not self._outbox:
+    def _enqueue(self, record: Record, token: str | None = None) -> None:
+        if not self._outbox and not self._token_outbox:
             self._loop.call_soon(self._flush)
-        self._outbox.append(record)
+        if token is None:
+            self._outbox.append(record)
+        else:
+            rid, method, body = record
+            self._token_outbox.append((rid, method, encode_with_token(token, body)))
 
     def _flush(self) -> None:
         records, self._outbox = self._outbox, []
-        self._send_frame(pack(Kind.REQUEST, records))
+        if records:
+            self._send_frame(pack(Kind.REQUEST, records))
+        if self._token_outbox:
+            records, self._token_outbox = self._token_outbox, []
+            self._send_frame(pack(Kind.TOKEN_REQUEST, records))
 
     def _send_frame(self, frame: bytes) -> None:
         self._sock.send(frame)  # SNDHWM 0: never blocks

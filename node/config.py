@@ -47,6 +47,9 @@ class NodeConfig:
     quota_backend_bytes: int = 0
     snapshot_count: int = 100000
     log_level: str = "info"
+    auth_token: str = "simple"
+    auth_token_ttl: int = 300
+    bcrypt_cost: int = 10
     core_url: str = ""
     plugins: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_PLUGINS))
 
@@ -72,6 +75,10 @@ class NodeConfig:
                 raise ConfigError(f"{key.replace('_', '-')} must be positive")
         if self.log_level not in ("debug", "info", "warn", "error", "panic", "fatal"):
             raise ConfigError(f"log-level {self.log_level!r} is not one of debug, info, warn, error")
+        if not 4 <= self.bcrypt_cost <= 31:  # bcrypt's own bounds (etcd: bcrypt.MinCost..MaxCost)
+            raise ConfigError(f"bcrypt-cost {self.bcrypt_cost} is not between 4 and 31")
+        if self.auth_token.partition(",")[0] not in ("simple", "jwt"):
+            raise ConfigError(f"auth-token {self.auth_token!r}: the token type must be simple or jwt")
         if self.name not in self.cluster_peers():
             raise ConfigError(f"initial-cluster has no entry for this member's name {self.name!r}")
 

@@ -12,6 +12,9 @@ import sys
 import structlog
 import zmq
 
+from actors.auth.actor import AuthActor, AuthSettings
+from actors.auth.gate import AuthGate
+from actors.auth.tokens import token_provider
 from actors.lease.actor import LeaseActor, LeaseSettings
 from actors.loop import Loop
 from actors.proto import rpc_pb2
@@ -51,6 +54,7 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
     """Wire the actors of one member; storage opens first so raft knows what is already applied."""
     me, fresh = identity_of(config, ctx)
     prefix = key_prefix(me.member_id)
+    tokens = token_provider(config.auth_token, config.auth_token_ttl)
     storage = StorageActor(
         ctx,
         StorageSettings(
@@ -63,6 +67,7 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             initial_members=me.seed,
             replace_members=fresh,
         ),
+        tokens,
     )
     if me.member_id in storage.members.removed:
         storage.close()
@@ -87,10 +92,12 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
         ),
     )
     limits = Limits(config.max_request_bytes, config.max_txn_ops)
-    session = SessionActor(ctx, config.core_url, me.member_id, limits)
+    gate = AuthGate(storage.auth, me.cluster_id, me.member_id)
+    session = SessionActor(ctx, config.core_url, me.member_id, limits, gate)
+    auth = AuthActor(ctx, storage.auth, AuthSettings(bcrypt_cost=config.bcrypt_cost))
     log.info("core_listening", url=session.url, member_id=f"{me.member_id:x}")
     watch = WatchActor(ctx, me.cluster_id, me.member_id, storage.store.revision)
-    loop = Loop([session, raft, storage, lease, watch])
+    loop = Loop([session, raft, storage, lease, watch, auth])
     raft.on_removed = loop.stop
     return loop
 

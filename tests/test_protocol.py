@@ -42,3 +42,13 @@ def test_garbage_is_refused() -> None:
 def test_proposal_round_trip() -> None:
     data = encode_proposal(0xABCD << 48 | 5, Method.TXN, b"\x00body")
     assert decode_proposal(data) == (0xABCD << 48 | 5, Method.TXN, b"\x00body")
+
+
+def test_token_envelope_round_trip_and_bad_bytes() -> None:
+    from actors.protocol import decode_with_token, encode_with_token
+
+    assert decode_with_token(encode_with_token("tok.5", b"\x0a\x01k")) == ("tok.5", b"\x0a\x01k")
+    assert decode_with_token(encode_with_token("x" * 70000, b"r")) == ("", b"r")  # unusable: empty
+    for bad in (b"", b"\x05", b"\x05\x00ab"):
+        with pytest.raises(MalformedFrame):
+            decode_with_token(bad)

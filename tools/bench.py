@@ -102,7 +102,24 @@ def request_factory(args: argparse.Namespace, worker: int) -> tuple[str, Callabl
             count_only=args.count_only,
         ).SerializeToString()
         return "/etcdserverpb.KV/Range", lambda _i: req
+    if args.cmd == "authenticate":
+        name, _, password = args.credentials.partition(":")
+        req = rpc_pb2.AuthenticateRequest(name=name, password=password).SerializeToString()
+        return "/etcdserverpb.Auth/Authenticate", lambda _i: req
     raise SystemExit(f"unknown workload {args.cmd!r}")
+
+
+async def login(channel: Any, user: str) -> tuple[tuple[str, str], ...]:
+    """``--user NAME:PASSWORD``: one Authenticate per channel; the token goes with every request."""
+    rpc_pb2 = _pb()
+    name, _, password = user.partition(":")
+    call = channel.unary_unary(
+        "/etcdserverpb.Auth/Authenticate",
+        request_serializer=rpc_pb2.AuthenticateRequest.SerializeToString,
+        response_deserializer=rpc_pb2.AuthenticateResponse.FromString,
+    )
+    answer = await call(rpc_pb2.AuthenticateRequest(name=name, password=password), timeout=30)
+    return (("token", answer.token),)
 
 
 # -- one worker process ---------------------------------------------------------------------------------
@@ -154,6 +171,7 @@ async def _worker_main(args: argparse.Namespace, index: int, ready: Any, go: Any
     try:
         await wait_connected(channels, args)
         calls = [c.unary_unary(method) for c in channels]  # bytes in, bytes out: no client-side decode
+        tokens = [await login(c, args.user) if args.user else None for c in channels]
         latencies = array("d")
         errors: Counter[str] = Counter()
         issued = 0
@@ -168,6 +186,7 @@ async def _worker_main(args: argparse.Namespace, index: int, ready: Any, go: Any
         async def client(c: int) -> None:
             nonlocal issued
             call = calls[c % len(calls)]
+            metadata = tokens[c % len(calls)]
             perf = time.perf_counter
             while True:
                 if budget is not None and issued >= budget:
@@ -179,7 +198,7 @@ async def _worker_main(args: argparse.Namespace, index: int, ready: Any, go: Any
                 req = make_request(i)
                 t0 = perf()
                 try:
-                    await call(req, timeout=timeout)
+                    await call(req, timeout=timeout, metadata=metadata)
                 except grpc.aio.AioRpcError as exc:
                     errors[f"{exc.code().name}: {exc.details()}"] += 1
                     if len(errors) > 100 or sum(errors.values()) > 1000 + len(latencies):
@@ -749,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--user", default="", help="NAME:PASSWORD: authenticate and send the token (auth on)")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -762,6 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
     txn = sub.add_parser("txn-put", help="KV.Txn with --txn-ops puts in the success branch")
     writes(txn)
     txn.add_argument("--txn-ops", type=int, default=1)
+    auth = sub.add_parser("authenticate", help="Auth.Authenticate with the given credentials")
+    auth.add_argument("credentials", help="NAME:PASSWORD")
     rng = sub.add_parser("range", help="KV.Range of one key or [key, end)")
     rng.add_argument("key")
     rng.add_argument("end", nargs="?", default="")

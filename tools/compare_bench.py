@@ -43,6 +43,23 @@ def workloads(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     ]
 
 
+def enable_auth(target: Cluster, user: str) -> None:
+    """Auth on, and ``user`` (not root: its requests go through the permission check) with
+    readwrite on every key the workloads touch."""
+    name, _, password = user.partition(":")
+    for argv in (
+        ("user", "add", "root:root"),
+        ("role", "add", "root"),
+        ("user", "grant-role", "root", "root"),
+        ("role", "add", "bench"),
+        ("role", "grant-permission", "bench", "readwrite", "0", "--from-key"),
+        ("user", "add", f"{name}:{password}"),
+        ("user", "grant-role", name, "bench"),
+        ("auth", "enable"),
+    ):
+        target.members[0].etcdctl(*argv)
+
+
 def run_workload(target: Cluster, args: argparse.Namespace, sub: list[str], duration: float) -> dict:
     """Run one bench workload against every member of `target` and return bench's summary dict."""
     argv = [
@@ -53,6 +70,7 @@ def run_workload(target: Cluster, args: argparse.Namespace, sub: list[str], dura
         "--duration", str(duration),
         "--server-pid", ",".join(str(m.pid) for m in target.members),
         "--quiet",
+        *(["--user", args.user] if args.user else []),
         *sub,
     ]  # fmt: skip
     return bench.run(bench.build_parser().parse_args(argv))
@@ -66,7 +84,10 @@ def measure(kind: str, args: argparse.Namespace, base: Path) -> dict[str, dict[s
         _log(f"starting {kind} ({args.members} member(s)) ...")
         target.start()
         _log(f"{kind} serving on {target.endpoints}")
-        target.members[0].etcdctl("put", RANGE_KEY, "v" * args.val_size)
+        if args.user:
+            enable_auth(target, args.user)
+        credentials = ["--user", args.user] if args.user else []
+        target.members[0].etcdctl(*credentials, "put", RANGE_KEY, "v" * args.val_size)
         for label, sub in workloads(args):
             if args.warmup > 0:
                 run_workload(target, args, sub, args.warmup)
@@ -145,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--key-space-size", type=int, default=100000)
     p.add_argument("--base-dir", default=None, help="where data dirs go (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="also dump all summaries as JSON on stdout")
+    p.add_argument("--user", default="", help="NAME:PASSWORD: measure with auth on, as this (non-root) user")
     args = p.parse_args(argv)
 
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]

@@ -18,17 +18,22 @@ import structlog
 import zmq
 
 from actors import errors, metrics
+from actors.auth.store import CHECKED, AuthStore
+from actors.auth.tokens import TokenProvider
 from actors.lease.table import LeaseTable, min_lease_ttl
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
 from actors.protocol import (
+    AUTH_METHODS,
+    AUTHED,
     LEASE_EVENT,
     EntryType,
     Kind,
     LeaseEvent,
     Method,
     Record,
+    decode_authed,
     decode_history_query,
     decode_proposal,
     encode_history,
@@ -46,6 +51,7 @@ from actors.storage.mvcc import MvccStore
 log = structlog.get_logger()
 
 MEMBER_PUBLISH_BYTE = bytes((Method.MEMBER_PUBLISH,))  # the method byte of a proposal (decode_proposal)
+REQUEST_COUNTER = (1 << 48) - 1  # the low bits of a request key; 0 for the lease actor's own proposals
 VERSION = "3.4.0"  # the etcd API version cairn speaks; clients read it from Status
 
 
@@ -64,7 +70,9 @@ class StorageSettings:
 class StorageActor(Actor):
     name = "storage"
 
-    def __init__(self, ctx: zmq.Context, settings: StorageSettings) -> None:
+    def __init__(
+        self, ctx: zmq.Context, settings: StorageSettings, tokens: TokenProvider | None = None
+    ) -> None:
         self.settings = settings
         path = os.path.join(settings.data_dir, "member", "kv")
         os.makedirs(path, exist_ok=True)
@@ -72,6 +80,7 @@ class StorageActor(Actor):
         self.backend = Backend(path)
         clear_checkpoints(settings.data_dir)
         self.checkpoints = 0
+        self.tokens = tokens
         self.store = self._open_store()
         self.members = self._open_members()
         self.inbox = inbox(ctx, self.name)
@@ -91,8 +100,11 @@ class StorageActor(Actor):
         log.info("storage_opened", revision=self.store.revision, applied=self.applied)
 
     def _open_store(self) -> MvccStore:
+        """The MVCC store and the auth store on the backend (again after a snapshot install)."""
         settings = self.settings
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
+        self.auth = AuthStore(self.backend, self.tokens)
+        self.auth.applied_index = self.backend.applied_index
         return MvccStore(self.backend, leases)
 
     def _install(self, record: Record) -> None:
@@ -183,7 +195,6 @@ class StorageActor(Actor):
 
     def _apply(self, entries: list[Record]) -> None:
         mine = self.settings.key_prefix
-        store = self.store
         results = []
         for index, entry_type, data in entries:
             if index <= self.applied:
@@ -201,7 +212,7 @@ class StorageActor(Actor):
                 continue
             key, method, request = decode_proposal(data)
             try:
-                response = store.apply(Method(method), request)
+                response = self._apply_one(key, method, request, index)
             except errors.EtcdError as e:
                 result = (key, e.code, e.message.encode())
             except Exception:
@@ -215,6 +226,7 @@ class StorageActor(Actor):
             if key & 0xFFFF_0000_0000_0000 == mine:
                 results.append(result)
         self._commit()
+        self.auth.applied_index = self.applied
         self.session.extend(Kind.RESULT, results)
         if self.store.lease_events:
             self._send_lease_events(self.store.lease_events)
@@ -223,6 +235,27 @@ class StorageActor(Actor):
             revisions = [(rev, 0, pack_blobs(events)) for rev, events in self.store.watch_events]
             self.watch.extend(Kind.WATCH_EVENTS, revisions, aux=self.term)
             self.store.watch_events.clear()
+
+    def _apply_one(self, key: int, method: int, request: bytes, index: int) -> object:
+        """Check who asked (etcd's auth applier), then apply to the auth or the KV store."""
+        auth = self.auth
+        user = ""
+        if method & AUTHED:
+            user, revision, request = decode_authed(request)
+            method &= ~AUTHED
+            if auth.enabled and method in CHECKED:
+                auth.check_request(method, request, user, revision, self._lease_keys)
+        elif auth.enabled and method in CHECKED and key & REQUEST_COUNTER:
+            # proposed while auth was off, applied after it was turned on: nobody said who asked
+            raise errors.USER_EMPTY.copy()
+        if method in AUTH_METHODS:
+            return auth.apply(method, request, user, index, time.monotonic())
+        return self.store.apply(Method(method), request)
+
+    def _lease_keys(self, lease_id: int) -> list[bytes]:
+        table = self.store.leases
+        lease = table.get(lease_id) if table is not None else None
+        return sorted(lease.keys) if lease is not None else []
 
     def _send_lease_events(self, events: list[tuple]) -> None:
         records = []
@@ -292,6 +325,10 @@ class StorageActor(Actor):
             return
         answer = self.session
         try:
+            if method & AUTHED:  # checked now, against the auth state this read is served at
+                user, revision, body = decode_authed(body)
+                method &= ~AUTHED
+                self.auth.check_request(method, body, user, revision, self._lease_keys)
             if method == Method.RANGE:
                 response = self.store.range(rpc_pb2.RangeRequest.FromString(body))
             elif method == Method.LEASE_TIME_TO_LIVE:
@@ -329,6 +366,7 @@ class StorageActor(Actor):
     def on_time(self, now: float) -> None:
         """Sync the WAL once a second and tell raft which entries no longer need the log."""
         self.next_sync = now + 1.0
+        self.auth.tokens.expire(now)
         self._export_sizes()
         if self.applied > self.synced:
             self.backend.commit(self.applied, sync=True)  # an empty synced write syncs the whole WAL

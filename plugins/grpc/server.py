@@ -19,7 +19,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from actors.errors import EtcdError
-from actors.protocol import Method
+from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from node.config import NodeConfig
 from plugins.grpc.snapshot import snapshot_stream
@@ -50,16 +50,25 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
         "MemberUpdate": Method.MEMBER_UPDATE,
         "MemberPromote": Method.MEMBER_PROMOTE,
     },
+    "etcdserverpb.Auth": AUTH_RPCS,
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
+def token(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's auth token: metadata ``token`` (clientv3), or ``authorization`` (as etcd reads)."""
+    for key, value in context.invocation_metadata() or ():
+        if key in ("token", "authorization"):
+            return value if isinstance(value, str) else None
+    return None
+
+
 def forward(client: Client, method: Method) -> Handler:
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return await client.call(method, request)
+            return await client.call(method, request, token(context))
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
@@ -75,7 +84,7 @@ def forward_stream(client: Client, method: Method) -> StreamHandler:
     ) -> AsyncIterator[bytes]:
         async for request in requests:
             try:
-                yield await client.call(method, request)
+                yield await client.call(method, request, token(context))
             except EtcdError as e:
                 await context.abort(grpc.StatusCode[e.code.name], e.message)
 
@@ -92,7 +101,7 @@ def watch_stream(client: Client) -> StreamHandler:
     async def handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        stream = client.open_stream()
+        stream = client.open_stream(token(context))
 
         async def forward_requests() -> None:
             async for request in requests:

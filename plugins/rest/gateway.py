@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from actors import metrics
 from actors.errors import Code, EtcdError
 from actors.proto import rpc_pb2, v3election_pb2, v3lock_pb2
-from actors.protocol import Method
+from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from plugins.rest import jsonpb
 from plugins.rest.http import Exchange, Handler, Headers
@@ -114,6 +114,7 @@ SERVED: dict[tuple[str, str], Method] = {
     (_CLUSTER, "MemberPromote"): Method.MEMBER_PROMOTE,
     (_MAINT, "Status"): Method.STATUS,
     (_MAINT, "MoveLeader"): Method.MOVE_LEADER,
+    **{(_AUTH, name): method for name, method in AUTH_RPCS.items()},
 }
 
 # grpc-gateway v1's HTTPStatusFromCode
@@ -324,7 +325,7 @@ class Gateway:
                 await self._error(exchange, Code.RESOURCE_EXHAUSTED, text, route, start)
                 return
             try:
-                answer = await self.client.call(method, data)
+                answer = await self.client.call(method, data, token(exchange))
             except EtcdError as e:
                 await self._error(exchange, e.code, e.message, route, start)
                 return
@@ -377,7 +378,7 @@ class Gateway:
             ok, first = await self._first_request(exchange, decoder, route)
             if not ok:
                 return
-            stream = self.client.open_stream()
+            stream = self.client.open_stream(token(exchange))
             reader: asyncio.Task[None] | None = None
             code = "OK"
             try:
@@ -429,7 +430,7 @@ class Gateway:
             code = "OK"
             while request is not None:
                 try:
-                    answer = await self.client.call(method, request.SerializeToString())
+                    answer = await self.client.call(method, request.SerializeToString(), token(exchange))
                 except EtcdError as e:
                     code = metrics.GRPC_CODE_NAMES[e.code]
                     await exchange.write(stream_error_chunk(e.code, e.message))
@@ -489,6 +490,12 @@ class Gateway:
             registry = REGISTRY
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
         await exchange.respond(200, body, [*CORS, (b"content-type", METRICS_CONTENT_TYPE)])
+
+
+def token(exchange: Exchange) -> str | None:
+    """The client's auth token: the ``Authorization`` header, its raw value (etcd's gateway passes
+    it on as gRPC metadata ``authorization``, which etcd reads as the token)."""
+    return exchange.headers.get("authorization")
 
 
 def _cluster_version(server: str) -> str:
