@@ -54,6 +54,12 @@ def _error(code: Code, text: str) -> EtcdError:
     return EtcdError(code, "etcdserver: " + text)
 
 
+def maintenance_auth_error(error: EtcdError) -> EtcdError:
+    """etcd 3.4's Maintenance service (Snapshot, Defragment, Hash, HashKV) answers a refused user
+    with its auth store's own error, not an rpctypes one: gRPC code Unknown, text "auth: ..."."""
+    return EtcdError(Code.UNKNOWN, "auth: " + error.message.removeprefix("etcdserver: "))
+
+
 EMPTY_KEY = _error(Code.INVALID_ARGUMENT, "key is not provided")
 KEY_NOT_FOUND = _error(Code.INVALID_ARGUMENT, "key not found")
 VALUE_PROVIDED = _error(Code.INVALID_ARGUMENT, "value is provided")

@@ -28,6 +28,8 @@ DISK_BUCKETS = tuple(0.001 * 2**i for i in range(14))
 # go-grpc-prometheus' default handling-time buckets (what etcd's --metrics=extensive exports)
 HANDLING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+HASH_BUCKETS = tuple(0.01 * 2**i for i in range(15))  # etcd's for the mvcc hashes
+
 GAUGE_MODE = "livemostrecent"
 
 _pid = os.getpid()
@@ -74,6 +76,10 @@ class CoreMetrics:
     read_indexes_failed: (
         Counter  # raft: inc() when a ReadIndex round fails (etcd_server_read_indexes_failed_total)
     )
+    quota_backend_bytes: Gauge  # session: set(the space quota in bytes) at start
+    defrag: Histogram  # storage's defragment thread: observe(seconds) around each run
+    hash: Histogram  # storage: observe(seconds) around each Maintenance.Hash
+    hash_rev: Histogram  # storage: observe(seconds) around each Maintenance.HashKV
 
 
 @functools.cache
@@ -143,6 +149,26 @@ def core() -> CoreMetrics:
         ),
         read_indexes_failed=Counter(
             "etcd_server_read_indexes_failed", "The total number of failed read indexes seen."
+        ),
+        quota_backend_bytes=Gauge(
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes.",
+            multiprocess_mode=GAUGE_MODE,
+        ),
+        defrag=Histogram(
+            "etcd_disk_backend_defrag_duration_seconds",
+            "The latency distribution of backend defragmentation.",
+            buckets=tuple(0.1 * 2**i for i in range(13)),  # etcd's: 100 ms doubling to ~7 min
+        ),
+        hash=Histogram(
+            "etcd_mvcc_hash_duration_seconds",
+            "The latency distribution of storage hash operation.",
+            buckets=HASH_BUCKETS,
+        ),
+        hash_rev=Histogram(
+            "etcd_mvcc_hash_rev_duration_seconds",
+            "The latency distribution of storage hash by revision operation.",
+            buckets=HASH_BUCKETS,
         ),
     )
 

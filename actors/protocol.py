@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from enum import IntEnum
+from enum import IntEnum, unique
 
 FRAME_HEADER = struct.Struct("<BQ")
 RECORD_HEADER = struct.Struct("<QBI")
@@ -29,6 +29,7 @@ PROPOSAL_HEADER = struct.Struct("<QB")
 Record = tuple[int, int, bytes]
 
 
+@unique  # two branches picking the same number would otherwise alias silently
 class Kind(IntEnum):
     """What the records of a frame are."""
 
@@ -38,13 +39,18 @@ class Kind(IntEnum):
     READ = 4  # session -> raft (linearizable) or -> storage (serializable, or after a ReadIndex)
     COMMITTED = 5  # raft -> storage: (raft index, EntryType, entry data); aux = raft term
     APPLIED_DURABLE = 6  # storage -> raft, no records: aux = highest index whose effects are fsynced
-    LEADERSHIP = 7  # raft -> lease, no records: aux = 1 when this member became leader, 0 when it stopped
+    LEADER = 7  # raft -> lease, no records: aux = the leader's member id (0 = none), on every change
     LEASE_EVENTS = 8  # storage -> lease: (0, LeaseEvent, LEASE_EVENT body)
     PUSH = 9  # watch -> session -> frontend: (stream id, 0, WatchResponse) sent without a request
     WATCH_EVENTS = 10  # storage -> watch: (revision, 0, pack_blobs(serialized Events)); aux = raft term
     TOKEN_REQUEST = 11  # frontend -> session: as REQUEST, each body is encode_with_token(token, request)
     SNAPSHOT_INSTALL = 12  # raft -> storage: (index, 0, pack_blobs((unpacked kv dir, Snapshot.encode())))
     SNAPSHOT_INSTALLED = 13  # storage -> raft: (applied index, 0, pack_blobs(member table rows))
+    DB_SIZE = 31  # storage -> session, no records: aux = the backend's size in bytes (space quota)
+    # Lease actor to lease actor across members, relayed by the raft actors over the peer link. To
+    # raft, aux is the member to deliver to; delivered to a lease actor, aux is the member it came from.
+    LEASE_FORWARD = 20  # a follower's lease reads for the leader's clock: (request key, Method, body)
+    LEASE_REPLY = 21  # the leader's answers to them: (request key, status code, response or error text)
 
 
 class Method(IntEnum):
@@ -78,6 +84,10 @@ class Method(IntEnum):
     MOVE_LEADER = 27
     RAFT_SNAPSHOT = 28  # raft -> storage (READ, id = peer) and back (RESULT): a checkpoint to send a follower
     SNAPSHOT = 30  # answered with actors.storage.checkpoint.ticket(): the frontend streams the files
+    DEFRAGMENT = 31  # per member, not replicated: compacts this member's RocksDB
+    HASH = 32  # per member: crc32c of the whole backend
+    HASH_KV = 33  # per member: etcd's HashKV of the MVCC rows up to a revision
+    ALARM = 34  # a raft entry, GET included (as in etcd)
     # Auth service (etcd's Auth RPCs), 50-79
     AUTH_ENABLE = 50
     AUTH_DISABLE = 51
@@ -105,7 +115,15 @@ MEMBERSHIP_CHANGES = frozenset(
 
 WRITES = (
     frozenset(
-        {Method.PUT, Method.DELETE_RANGE, Method.TXN, Method.COMPACT, Method.LEASE_GRANT, Method.LEASE_REVOKE}
+        {
+            Method.PUT,
+            Method.DELETE_RANGE,
+            Method.TXN,
+            Method.COMPACT,
+            Method.LEASE_GRANT,
+            Method.LEASE_REVOKE,
+            Method.ALARM,
+        }
     )
     | MEMBERSHIP_CHANGES
 )

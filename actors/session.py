@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import structlog
 import zmq
 
-from actors import errors
+from actors import errors, metrics
 from actors.auth.gate import AuthGate, TokenNotApplied
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
@@ -33,7 +33,9 @@ from actors.protocol import (
     pack,
     unpack,
 )
-from actors.storage.validate import validate
+from actors.storage.mvcc import is_txn_readonly
+from actors.storage.quota import CHARGED, SpaceQuota
+from actors.storage.validate import REQUEST_TYPES, check_message, decode, parse
 
 log = structlog.get_logger()
 
@@ -43,6 +45,16 @@ CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT, M
 TOKEN_RETRY = 0.005  # seconds between retries of requests whose token this member has not applied yet
 KEY_MASK = (1 << 48) - 1  # a request key: the member's 16-bit prefix, then 48 bits of counter
 FRONTEND_TIMEOUT = 5.0  # seconds without a frame (frontends send one every 0.5 s) before one is gone
+ALARM_RETRY = 1.0  # seconds between two NOSPACE alarm proposals of this member
+MEMBER_LOCAL = frozenset(  # served by this member's storage
+    {Method.DEFRAGMENT, Method.HASH, Method.HASH_KV, Method.SNAPSHOT}
+)
+MAINTENANCE_REQUESTS = {
+    Method.DEFRAGMENT: rpc_pb2.DefragmentRequest,
+    Method.HASH: rpc_pb2.HashRequest,
+    Method.HASH_KV: rpc_pb2.HashKVRequest,
+    Method.ALARM: rpc_pb2.AlarmRequest,
+}  # parsed here only so that bytes which are no such message are refused before going further
 
 
 @dataclass(slots=True, frozen=True)
@@ -50,6 +62,7 @@ class Limits:
     max_request_bytes: int = 1572864
     max_txn_ops: int = 128
     request_timeout: float = 7.0
+    quota_backend_bytes: int = 0  # etcd's --quota-backend-bytes: 0 = 2 GiB, negative = none
 
 
 def _varint_size(n: int) -> int:
@@ -93,6 +106,10 @@ class SessionActor(Actor):
         self.gate = gate
         self.limits = limits
         self.prefix = key_prefix(member_id)
+        self.member_id = member_id
+        self.quota = SpaceQuota(limits.quota_backend_bytes)
+        metrics.core().quota_backend_bytes.set(self.quota.limit)
+        self.alarm_raised = float("-inf")  # when this member last proposed its NOSPACE alarm
         # like etcd's request ids: start from the clock, so keys of a restarted member never repeat
         # those of its previous run (a late result for an old key would answer a new request)
         self.counter = (int(time.time() * 1000) & 0xFF_FFFF_FFFF) << 8
@@ -136,8 +153,10 @@ class SessionActor(Actor):
                     self._token_requests(identity, records, deadline)
             return
         for (frame,) in messages:
-            kind, _, records = unpack(frame)
-            if kind == Kind.PUSH:
+            kind, aux, records = unpack(frame)
+            if kind == Kind.DB_SIZE:
+                self.quota.report(aux)
+            elif kind == Kind.PUSH:
                 for key, _, body in records:
                     self._push(key, body)
             else:
@@ -198,12 +217,19 @@ class SessionActor(Actor):
         key = self._next_key()
         # follows one request through the logs: the frontend logs request_id, the actors log key
         log.debug("request_received", frontend=identity.hex(), request_id=rid, key=f"{key:x}", method=method)
-        proposed = method in WRITES or method in AUTH_METHODS
-        if proposed and proposal_size(key, body) > self.limits.max_request_bytes:
-            self._fail(identity, rid, errors.REQUEST_TOO_LARGE)
-            return
         try:
-            message = validate(Method(method), body, self.limits.max_txn_ops)
+            # etcd's order: the quota (its gRPC interceptor), the request's own checks, the size
+            message = decode(method, body) if method in REQUEST_TYPES else None
+            if method in CHARGED and not self.quota.fits(method, message):
+                self._raise_nospace()
+                raise errors.NO_SPACE.copy()
+            if message is not None:
+                check_message(method, message, self.limits.max_txn_ops)
+            elif method in MAINTENANCE_REQUESTS:
+                parse(MAINTENANCE_REQUESTS[method], body)
+            proposed = method in WRITES or method in AUTH_METHODS
+            if proposed and proposal_size(key, body) > self.limits.max_request_bytes:
+                raise errors.REQUEST_TOO_LARGE.copy()
             routed, body = (method, body) if self.gate is None else self.gate.tag(method, body, token)
         except TokenNotApplied:
             self.parked.append((identity, rid, method, body, deadline, token))
@@ -211,6 +237,8 @@ class SessionActor(Actor):
         except errors.EtcdError as e:
             self._fail(identity, rid, e)
             return
+        if method in CHARGED:
+            self.quota.charge(key, method, message)  # until its result comes back
         self.waiting[key] = (identity, rid, deadline)
         if method in AUTH_METHODS:
             if method in (Method.AUTHENTICATE, Method.USER_ADD, Method.USER_CHANGE_PASSWORD):
@@ -218,16 +246,35 @@ class SessionActor(Actor):
             else:
                 self.raft.put(Kind.PROPOSE, (key, routed, body))  # applied in log order, as etcd
             return
-        if method in WRITES:
+        if method == Method.TXN and is_txn_readonly(message):
+            self.raft.put(Kind.READ, (key, routed, body))  # etcd serves read-only txns as reads
+        elif method in WRITES:
             if method == Method.LEASE_GRANT:
                 body = self._with_lease_id(body)
             self.raft.put(Kind.PROPOSE, (key, routed, body))
-        elif method == Method.LEASE_KEEPALIVE:
-            self.lease.put(Kind.READ, (key, routed, body))
-        elif method == Method.SNAPSHOT or (method == Method.RANGE and message.serializable):
-            self.storage.put(Kind.READ, (key, routed, body))
+        elif (
+            method == Method.LEASE_KEEPALIVE
+            or (method == Method.RANGE and message.serializable)
+            or method in MEMBER_LOCAL
+        ):
+            self.storage.put(Kind.READ, (key, routed, body))  # a keep-alive: header, then lease actor
         else:
             self.raft.put(Kind.READ, (key, routed, body))
+
+    def _raise_nospace(self) -> None:
+        """Propose this member's NOSPACE alarm (etcd's quotaAlarmer), at most once per ALARM_RETRY.
+
+        Nobody waits for its answer: the alarm takes effect when every member applies it.
+        """
+        now = time.monotonic()
+        if now - self.alarm_raised < ALARM_RETRY:
+            return
+        self.alarm_raised = now
+        log.warning("space_quota_exceeded", db_size=self.quota.db_size, quota=self.quota.limit)
+        alarm = rpc_pb2.AlarmRequest(
+            action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=rpc_pb2.NOSPACE
+        )
+        self.raft.put(Kind.PROPOSE, (self._next_key(), Method.ALARM, alarm.SerializeToString()))
 
     def _next_key(self) -> int:
         self.counter = (self.counter + 1) & KEY_MASK or 1  # low bits 0: the lease actor's proposals
@@ -245,6 +292,7 @@ class SessionActor(Actor):
         return request.SerializeToString()
 
     def _answer(self, key: int, status: int, body: bytes) -> None:
+        self.quota.settle(key)
         waiting = self.waiting.pop(key, None)
         if waiting is not None:
             identity, rid, _ = waiting

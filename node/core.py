@@ -72,7 +72,18 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
     if me.member_id in storage.members.removed:
         storage.close()
         raise RuntimeError(f"member {me.member_id:x} was removed from the cluster: it cannot start again")
-    lease = LeaseActor(ctx, LeaseSettings(prefix, election_ms=config.election_timeout))
+    limits = Limits(
+        config.max_request_bytes, config.max_txn_ops, quota_backend_bytes=config.quota_backend_bytes
+    )
+    lease = LeaseActor(
+        ctx,
+        LeaseSettings(
+            me.member_id,
+            prefix,
+            election_ms=config.election_timeout,
+            request_timeout=limits.request_timeout,
+        ),
+    )
     raft = RaftActor(
         ctx,
         RaftSettings(
@@ -91,7 +102,6 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
             installed_snapshot=storage.backend.get(META, INSTALLED_SNAPSHOT) or b"",
         ),
     )
-    limits = Limits(config.max_request_bytes, config.max_txn_ops)
     gate = AuthGate(storage.auth, me.cluster_id, me.member_id)
     session = SessionActor(ctx, config.core_url, me.member_id, limits, gate)
     auth = AuthActor(ctx, storage.auth, AuthSettings(bcrypt_cost=config.bcrypt_cost))

@@ -152,7 +152,9 @@ SEQUENCE: list[Step] = [
     (("lease", "grant", "9000000001"), None),                         # error: too large lease TTL
     (("lease", "grant", "300"), None),
     (("lease", "keep-alive", "--once", "{lease2}"), None),
+    (("lease", "keep-alive", "-w", "json", "--once", "{lease2}"), None),
     (("lease", "keep-alive", "--once", "{lease0}"), None),            # revoked: TTL 0
+    (("lease", "keep-alive", "{lease0}"), None),                      # revoked: the stream ends at once
     (("lease", "timetolive", "{lease0}"), None),                      # revoked: already expired
     (("lease", "timetolive", "--keys", "{lease0}", "-w", "json"), None),
     (("lease", "revoke", "{lease0}"), None),                          # error: lease not found
@@ -162,6 +164,7 @@ SEQUENCE: list[Step] = [
     (("get", "--prefix", "svc/", "-w", "json"), None),
     (("lease", "revoke", "{lease1}"), None),                          # no keys: no new revision
     (("lease", "list"), None),
+    (("lease", "list", "-w", "json"), None),
     (("get", "--prefix", "", "--keys-only", "-w", "json"), None),
     # --- compaction -----------------------------------------------------------------------------------
     (("put", "k/c", "1"), None),

@@ -7,6 +7,8 @@ One tool measures both servers, so a comparison reflects the servers, not two di
     python -m tools.bench --endpoints 127.0.0.1:2379 --clients 64 --duration 10 range foo --consistency s
     python -m tools.bench --endpoints 127.0.0.1:2379 --procs 2 --duration 15 \\
         watch-latency --streams 10 --watchers-per-stream 1000 --put-rate 100
+    python -m tools.bench --endpoints 127.0.0.1:2379 --procs 2 --conns 10 --duration 20 \\
+        lease-keepalive --leases 10000 --streams 100          # tools/bench_lease.py
 
 Why several processes: one Python process (GIL, protobuf and gRPC per-call overhead) saturates long
 before a server does, so `--procs P` forks P workers, each with its own event loop and gRPC channels;
@@ -220,23 +222,6 @@ async def _worker_main(args: argparse.Namespace, index: int, ready: Any, go: Any
     return result
 
 
-def _worker_entry(args: argparse.Namespace, index: int, ready: Any, go: Any, conn: Any) -> None:
-    """Process entry point: run the worker on uvloop if importable, send the result through `conn`."""
-    try:
-        import uvloop
-
-        runner: Callable[..., Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        result = runner(_worker_main(args, index, ready, go))
-    except BaseException as exc:
-        result = WorkerResult(failure=f"worker {index}: {type(exc).__name__}: {exc}")
-        ready.set()
-    conn.send(asdict(result))
-    conn.close()
-
-
 # -- server CPU accounting --------------------------------------------------------------------------------
 
 
@@ -275,6 +260,71 @@ def process_tree_cpu(pids: Sequence[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+# -- worker processes -----------------------------------------------------------------------------------
+
+SPAWN = mp.get_context("spawn")  # never fork a process that may hold gRPC state
+
+
+def run_worker(
+    main: Callable[..., Any], result: type, args: argparse.Namespace, index: int, ready: Any, *rest: Any
+) -> None:
+    """A worker process: ``main(args, index, ready, *rest[:-1])`` on uvloop if importable, its result
+    (or its failure, with ``ready`` set so the parent stops waiting) sent on ``rest[-1]``, a pipe."""
+    *extra, conn = rest
+    try:
+        outcome = _run_loop(main(args, index, ready, *extra))
+    except BaseException as exc:
+        outcome = result(failure=f"{args.cmd} worker {index}: {type(exc).__name__}: {exc}")
+        ready.set()
+    conn.send(asdict(outcome))
+    conn.close()
+
+
+class Workers:
+    """Worker processes, each running ``target(*worker_args(i), conn)`` and sending one result dict
+    (with a ``failure`` field) on ``conn``: started, awaited and stopped the same way by every workload."""
+
+    def __init__(self, n: int, target: Callable[..., None], worker_args: Callable[[int], tuple]) -> None:
+        self.procs: list[Any] = []
+        self.pipes: list[Any] = []
+        for i in range(n):
+            parent_end, child_end = SPAWN.Pipe(duplex=False)
+            p = SPAWN.Process(target=target, args=(*worker_args(i), child_end), daemon=True)
+            p.start()
+            child_end.close()
+            self.procs.append(p)
+            self.pipes.append(parent_end)
+
+    def wait_ready(self, ready: Sequence[Any], timeout: float, result: type, release: Any) -> None:
+        """Every worker set its ready event; a worker that failed before that fails the run (after
+        setting ``release``, the event the others wait on, so that they end too)."""
+        for ev in ready:
+            if not ev.wait(timeout):
+                raise SystemExit("bench: a worker did not become ready in time")
+        early = [result(**c.recv()).failure for c in self.pipes if c.poll(0)]
+        if early:
+            release.set()
+            raise SystemExit("bench: " + "; ".join(early))
+
+    def results(self, result: type, timeout: float) -> list[Any]:
+        """Each worker's result, in worker order (never waiting forever)."""
+        out = []
+        for i, conn in enumerate(self.pipes):
+            if not conn.poll(timeout):
+                raise SystemExit(f"bench: worker {i} produced no result within {timeout:.0f}s")
+            out.append(result(**conn.recv()))
+        failures = [r.failure for r in out if r.failure]
+        if failures:
+            raise SystemExit("bench: " + "; ".join(failures))
+        return out
+
+    def join(self, grace: float = 10.0) -> None:
+        for p in self.procs:
+            p.join(grace)
+            if p.is_alive():
+                p.kill()
+
+
 # -- the run ------------------------------------------------------------------------------------------------
 
 
@@ -290,50 +340,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run one workload as configured by `args` and return the summary (what --json prints)."""
     if args.cmd == "watch-latency":
         return run_watch_latency(args)
+    if args.cmd == "lease-keepalive":
+        from tools.bench_lease import run_lease_keepalive
+
+        return run_lease_keepalive(args)
     if not args.total and not args.duration:
         args.total = 10000
-    ctx = mp.get_context("spawn")  # never fork a process that may hold gRPC state
-    ready_events = [ctx.Event() for _ in range(args.procs)]
-    go = ctx.Event()
-    procs, pipes = [], []
-    for i in range(args.procs):
-        parent_end, child_end = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker_entry, args=(args, i, ready_events[i], go, child_end), daemon=True)
-        p.start()
-        child_end.close()
-        procs.append(p)
-        pipes.append(parent_end)
+    ready_events = [SPAWN.Event() for _ in range(args.procs)]
+    go = SPAWN.Event()
+    workers = Workers(
+        args.procs, run_worker, lambda i: (_worker_main, WorkerResult, args, i, ready_events[i], go)
+    )
     n_channels = sum(max(1, _share(args.conns, args.procs, i)) for i in range(args.procs))
     _log(args, f"{args.procs} worker process(es) started, connecting {n_channels} channel(s)...")
     try:
-        for ev in ready_events:
-            if not ev.wait(args.connect_timeout + 30):
-                raise SystemExit("bench: a worker did not become ready in time")
-        early = [WorkerResult(**c.recv()).failure for c in pipes if c.poll(0)]  # failed before the start
-        if early:
-            go.set()
-            raise SystemExit("bench: " + "; ".join(early))
+        workers.wait_ready(ready_events, args.connect_timeout + 30, WorkerResult, go)
         server_pids = [int(p) for p in args.server_pid.split(",")] if args.server_pid else []
         cpu0 = process_tree_cpu(server_pids) if server_pids else 0.0
         _log(args, f"running {args.cmd}: {args.clients} clients, "
                    + (f"{args.total} requests" if args.total else f"{args.duration}s"))  # fmt: skip
         go.set()
-        results = []
-        for i, conn in enumerate(pipes):
-            # Generous bound: the run's own length plus per-request timeouts; never hang forever.
-            limit = (args.duration or 0) + args.request_timeout * 4 + 600
-            if not conn.poll(limit):
-                raise SystemExit(f"bench: worker {i} produced no result within {limit:.0f}s")
-            results.append(WorkerResult(**conn.recv()))
+        # Generous bound: the run's own length plus per-request timeouts; never hang forever.
+        results = workers.results(WorkerResult, (args.duration or 0) + args.request_timeout * 4 + 600)
         cpu1 = process_tree_cpu(server_pids) if server_pids else 0.0
     finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-    failures = [r.failure for r in results if r.failure]
-    if failures:
-        raise SystemExit("bench: " + "; ".join(failures))
+        workers.join()
 
     samples = array("d")
     for r in results:
@@ -525,24 +556,6 @@ async def _watch_worker_main(
     return result
 
 
-def _watch_worker_entry(
-    args: argparse.Namespace, index: int, ready: Any, stop: Any, received: Any, conn: Any
-) -> None:
-    try:
-        import uvloop
-
-        runner: Callable[..., Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        result = runner(_watch_worker_main(args, index, ready, stop, received))
-    except BaseException as exc:
-        result = WatchWorkerResult(failure=f"watch worker {index}: {type(exc).__name__}: {exc}")
-        ready.set()
-    conn.send(asdict(result))
-    conn.close()
-
-
 async def _put_at_rate(args: argparse.Namespace) -> tuple[list[int], array, array, array, Counter[str]]:
     """Put at --put-rate for --duration (open loop: put i leaves at start + i/rate, whatever earlier puts
     do). Returns the key number, send time, ack time and revision of every put (ack 0 if it failed)."""
@@ -589,34 +602,19 @@ def run_watch_latency(args: argparse.Namespace) -> dict[str, Any]:
     if not args.key_space_size:
         args.key_space_size = args.streams * args.watchers_per_stream
     args.procs = max(1, min(args.procs, args.streams))
-    ctx = mp.get_context("spawn")
-    ready_events = [ctx.Event() for _ in range(args.procs)]
-    stop = ctx.Event()
-    counters = [ctx.Value("q", 0, lock=False) for _ in range(args.procs)]
-    procs, pipes = [], []
-    for i in range(args.procs):
-        parent_end, child_end = ctx.Pipe(duplex=False)
-        p = ctx.Process(
-            target=_watch_worker_entry,
-            args=(args, i, ready_events[i], stop, counters[i], child_end),
-            daemon=True,
-        )
-        p.start()
-        child_end.close()
-        procs.append(p)
-        pipes.append(parent_end)
+    ready_events = [SPAWN.Event() for _ in range(args.procs)]
+    stop = SPAWN.Event()
+    counters = [SPAWN.Value("q", 0, lock=False) for _ in range(args.procs)]
+    workers = Workers(
+        args.procs,
+        run_worker,
+        lambda i: (_watch_worker_main, WatchWorkerResult, args, i, ready_events[i], stop, counters[i]),
+    )
     watchers = args.streams * args.watchers_per_stream
     _log(args, f"{args.procs} watch process(es): {args.streams} x {args.watchers_per_stream} watchers")
-    results: list[WatchWorkerResult] = []
     try:
         t0 = time.monotonic()
-        for ev in ready_events:
-            if not ev.wait(args.connect_timeout + 120):
-                raise SystemExit("bench: a watch worker did not become ready in time")
-        early = [WatchWorkerResult(**c.recv()).failure for c in pipes if c.poll(0)]
-        if early:
-            stop.set()
-            raise SystemExit("bench: " + "; ".join(early))
+        workers.wait_ready(ready_events, args.connect_timeout + 120, WatchWorkerResult, stop)
         setup_s = time.monotonic() - t0
         server_pids = [int(p) for p in args.server_pid.split(",")] if args.server_pid else []
         cpu0 = process_tree_cpu(server_pids) if server_pids else 0.0
@@ -632,19 +630,10 @@ def run_watch_latency(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.05)
         cpu1 = process_tree_cpu(server_pids) if server_pids else 0.0
         stop.set()
-        for i, conn in enumerate(pipes):
-            if not conn.poll(60):
-                raise SystemExit(f"bench: watch worker {i} produced no result")
-            results.append(WatchWorkerResult(**conn.recv()))
+        results = workers.results(WatchWorkerResult, 60)
     finally:
         stop.set()
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-    failures = [r.failure for r in results if r.failure]
-    if failures:
-        raise SystemExit("bench: " + "; ".join(failures))
+        workers.join()
 
     by_rev = {rev: i for i, rev in enumerate(revs) if acked[i]}
     from_ack, from_send = array("d"), array("d")
@@ -808,6 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="watcher g watches keys [g mod space, g mod space + width): width 1 = one key per watcher",
     )  # fmt: skip
     wl.add_argument("--drain", type=float, default=5.0, help="max seconds to wait for late events")
+    from tools.bench_lease import add_parser as add_lease_keepalive
+
+    add_lease_keepalive(sub)
     return p
 
 
@@ -821,6 +813,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run_watch_latency(args)
         print(json.dumps(summary, indent=2) if args.json else format_watch_report(summary), flush=True)
         return 0 if summary["events_received"] > 0 else 1
+    if args.cmd == "lease-keepalive":
+        from tools.bench_lease import format_report as format_lease_report
+
+        summary = run(args)
+        print(json.dumps(summary, indent=2) if args.json else format_lease_report(summary), flush=True)
+        return 0 if summary["requests"] > 0 else 1
     if args.procs > args.clients:
         args.procs = args.clients
     summary = run(args)

@@ -14,6 +14,7 @@ import grpc
 
 from actors.proto import rpc_pb2, rpc_pb2_grpc
 from tools import snapshotctl
+from tools.nospace import explain_nospace, is_nospace
 
 
 def prefix_end(key: bytes) -> bytes:
@@ -159,12 +160,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run(args))
     except grpc.RpcError as e:
         print(f"cairnctl: {e.details()} ({e.code().name})", file=sys.stderr)
+        if is_nospace(e):
+            print(explain_nospace(args.endpoint, args.timeout), file=sys.stderr)
         sys.exit(1)
     except ValueError as e:  # bad input, or a snapshot refused (SnapshotError, BoltError, RestoreError)
         print(f"cairnctl: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
-        print(f"cairnctl: {e.strerror}: {e.filename}", file=sys.stderr)
+        print(f"cairnctl: {e}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -3,10 +3,12 @@
     python -m tools.compare_bench                       # etcd vs cairn, 10 s per workload
     python -m tools.compare_bench --servers etcd,etcd   # validate the tool itself (ratios ~1.0)
     python -m tools.compare_bench --members 3           # three-member clusters of each
+    python -m tools.compare_bench --workloads lease-keepalive --leases 10000 --streams 100
 
 Each server is started on free ports in its own temp dir with the same (etcd) flags, measured alone
 (the other is not running, so an idle server does not steal CPU on a small machine), then stopped by
-pid.  Workloads: put (64 clients, 256-byte values, random keys), serializable range, linearizable range.
+pid.  Workloads: put (64 clients, 256-byte values, random keys), serializable range, linearizable range;
+lease-keepalive on request (``--workloads``), which also reports the leader's CPU alone.
 The result is a markdown table with req/s, p50, p99 and server CPU µs per request; the last is the
 figure least disturbed by the client sharing the machine's cores.
 """
@@ -33,14 +35,28 @@ RANGE_KEY = "bench/range-key"
 
 def workloads(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(label, bench subcommand argv) for each workload; global flags are added by `run_workload`."""
-    return [
-        (
+    every = {
+        "put": (
             f"put {args.clients} clients, {args.val_size} B values",
             ["put", "--val-size", str(args.val_size), "--key-space-size", str(args.key_space_size)],
         ),
-        (f"range serializable, {args.clients} clients", ["range", RANGE_KEY, "--consistency", "s"]),
-        (f"range linearizable, {args.clients} clients", ["range", RANGE_KEY, "--consistency", "l"]),
-    ]
+        "range-s": (
+            f"range serializable, {args.clients} clients",
+            ["range", RANGE_KEY, "--consistency", "s"],
+        ),
+        "range-l": (
+            f"range linearizable, {args.clients} clients",
+            ["range", RANGE_KEY, "--consistency", "l"],
+        ),
+        "lease-keepalive": (
+            f"lease keep-alive, {args.leases} leases at 1/s, {args.streams} streams",
+            ["lease-keepalive", "--leases", str(args.leases), "--streams", str(args.streams)],
+        ),
+    }
+    unknown = set(args.workloads.split(",")) - set(every)
+    if unknown:
+        raise SystemExit(f"compare_bench: unknown workload(s) {sorted(unknown)}; known: {sorted(every)}")
+    return [every[name] for name in args.workloads.split(",")]
 
 
 def enable_auth(target: Cluster, user: str) -> None:
@@ -62,6 +78,8 @@ def enable_auth(target: Cluster, user: str) -> None:
 
 def run_workload(target: Cluster, args: argparse.Namespace, sub: list[str], duration: float) -> dict:
     """Run one bench workload against every member of `target` and return bench's summary dict."""
+    if sub[0] == "lease-keepalive":  # the leader renews every lease: its CPU is the figure to read
+        sub = [*sub, "--leader-pid", str(target.leader().pid)]
     argv = [
         "--endpoints", target.endpoints,
         "--clients", str(args.clients),
@@ -89,7 +107,7 @@ def measure(kind: str, args: argparse.Namespace, base: Path) -> dict[str, dict[s
         credentials = ["--user", args.user] if args.user else []
         target.members[0].etcdctl(*credentials, "put", RANGE_KEY, "v" * args.val_size)
         for label, sub in workloads(args):
-            if args.warmup > 0:
+            if args.warmup > 0 and sub[0] != "lease-keepalive":  # that one warms up by itself
                 run_workload(target, args, sub, args.warmup)
             _log(f"{kind}: {label} for {args.duration:g}s ...")
             s = run_workload(target, args, sub, args.duration)
@@ -114,7 +132,9 @@ METRICS: list[tuple[str, Any]] = [
     ("p50 ms", lambda s: s["latency_ms"]["p50"]),
     ("p99 ms", lambda s: s["latency_ms"]["p99"]),
     ("server CPU µs/req", lambda s: s.get("server_cpu_us_per_req", math.nan)),
+    ("leader CPU µs/req", lambda s: s.get("leader_cpu_us_per_req", math.nan)),
     ("failed requests", lambda s: float(s["errors"])),
+    ("keep-alives answered TTL 0 (lost leases)", lambda s: float(s.get("expired_answers", math.nan))),
 ]
 
 
@@ -137,6 +157,8 @@ def markdown_table(
             vals: list[float] = []
             for r in results:
                 vals.append(get(r[label]) if isinstance(r, dict) and label in r else math.nan)
+            if all(math.isnan(v) for v in vals):
+                continue  # a metric this workload does not have (leader CPU outside lease-keepalive)
             ratios = [v / vals[0] if vals[0] and not math.isnan(vals[0]) else math.nan for v in vals[1:]]
             cells = [
                 label,
@@ -164,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=1, help="cluster size (clients spread over every member)")
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--key-space-size", type=int, default=100000)
+    p.add_argument("--workloads", default="put,range-s,range-l", help="comma-separated, of: "
+                   "put, range-s, range-l, lease-keepalive")  # fmt: skip
+    p.add_argument("--leases", type=int, default=10000, help="lease-keepalive: leases kept alive")
+    p.add_argument("--streams", type=int, default=100, help="lease-keepalive: LeaseKeepAlive streams")
     p.add_argument("--base-dir", default=None, help="where data dirs go (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="also dump all summaries as JSON on stdout")
     p.add_argument("--user", default="", help="NAME:PASSWORD: measure with auth on, as this (non-root) user")

@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from actors.storage.backend import Backend
 from actors.storage.snapshot import MAGIC, Progress, SnapshotError, extract
@@ -46,16 +46,23 @@ class RestoreConfig:
         return self.data_dir or f"{self.name}.etcd"
 
 
-@dataclass(slots=True)
-class Restored:
+@dataclass(slots=True, frozen=True)
+class Contents:
+    """What a snapshot brought into the new data dir."""
+
     source: str  # "cairn" or "etcd"
     revision: int
     compact_revision: int
     keys: int
+    warnings: tuple[str, ...] = ()  # what was not imported, for the user to hear
+
+
+@dataclass(slots=True, frozen=True)
+class Restored:
+    contents: Contents
     member_id: int
     cluster_id: int
     data_dir: str
-    warnings: list[str] = field(default_factory=list)
 
 
 def check_membership(cfg: RestoreConfig) -> NodeConfig:
@@ -108,9 +115,9 @@ def restore(cfg: RestoreConfig, bar: Bar | None = None) -> Restored:
     kv_dir = os.path.join(target, "member", "kv")
     try:
         if head.startswith(MAGIC):
-            restored = _restore_cairn(cfg, kv_dir, bar)
+            contents = _restore_cairn(cfg, kv_dir, bar)
         elif is_bolt(head):
-            restored = _restore_etcd(cfg, kv_dir, bar)
+            contents = _restore_etcd(cfg, kv_dir, bar)
         else:
             raise RestoreError(
                 f"{cfg.snapshot!r} is not a snapshot: neither cairn's format nor etcd's (bbolt)"
@@ -118,8 +125,7 @@ def restore(cfg: RestoreConfig, bar: Bar | None = None) -> Restored:
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    restored.member_id, restored.cluster_id, restored.data_dir = node.member_id, node.cluster_id, target
-    return restored
+    return Restored(contents, node.member_id, node.cluster_id, target)
 
 
 def _progress(bar: Bar | None, label: str, total: int, unit: str = "bytes") -> Progress | None:
@@ -135,17 +141,17 @@ def _reset_applied_index(kv_dir: str) -> None:
         backend.close()
 
 
-def _restore_cairn(cfg: RestoreConfig, kv_dir: str, bar: Bar | None) -> Restored:
+def _restore_cairn(cfg: RestoreConfig, kv_dir: str, bar: Bar | None) -> Contents:
     os.makedirs(os.path.dirname(kv_dir))
     size = os.path.getsize(cfg.snapshot)
     meta = extract(
         cfg.snapshot, kv_dir, verify=not cfg.skip_hash_check, progress=_progress(bar, "restoring", size)
     )
     _reset_applied_index(kv_dir)
-    return Restored("cairn", meta.revision, meta.compact_revision, meta.keys, 0, 0, "")
+    return Contents("cairn", meta.revision, meta.compact_revision, meta.keys)
 
 
-def _restore_etcd(cfg: RestoreConfig, kv_dir: str, bar: Bar | None) -> Restored:
+def _restore_etcd(cfg: RestoreConfig, kv_dir: str, bar: Bar | None) -> Contents:
     size = os.path.getsize(cfg.snapshot)
     has_hash = size % 512 == hashlib.sha256().digest_size
     if not has_hash and not cfg.skip_hash_check:
@@ -166,8 +172,8 @@ def _restore_etcd(cfg: RestoreConfig, kv_dir: str, bar: Bar | None) -> Restored:
         backend.commit(0, sync=True)
     finally:
         backend.close()
-    return Restored(
-        "etcd", imported.revision, imported.compact_revision, imported.keys, 0, 0, "", imported.skipped
+    return Contents(
+        "etcd", imported.revision, imported.compact_revision, imported.keys, tuple(imported.skipped)
     )
 
 

@@ -66,7 +66,8 @@ CHECKED = frozenset(
         Method.LEASE_TIME_TO_LIVE,
     }
 )
-IDENTIFIED = CHECKED | frozenset(REQUESTS)  # requests that carry who asked once auth is on
+# Requests that carry who asked once auth is on; Snapshot: root only (checked by the storage actor)
+IDENTIFIED = CHECKED | frozenset(REQUESTS) | {Method.SNAPSHOT}
 
 LeaseKeys = Callable[[int], Iterable[bytes]]
 

@@ -54,7 +54,7 @@ from actors.raft.durable import DurableLog
 from actors.raft.members import MemberTable, etcd_error
 from actors.raft.snapshots import Incoming, Outgoing, parse_ack
 from actors.raft.syncer import LogSyncer
-from actors.raft.transport import SNAP_ACK_MAGIC, SNAP_CHUNK_MAGIC, Inbound, PeerTransport
+from actors.raft.transport import LEASE_KINDS, SNAP_ACK_MAGIC, SNAP_CHUNK_MAGIC, Inbound, PeerTransport
 from actors.storage.checkpoint import read_ticket
 from actors.storage.snapshot import SnapshotError, extract
 
@@ -185,6 +185,8 @@ class RaftActor(Actor):
                     self._checkpoint_ready(peer, status, body)
             elif kind == Kind.SNAPSHOT_INSTALLED:
                 self._installed(records[0][2])
+            elif kind in LEASE_KINDS:
+                self._relay_lease(kind, aux, records)
         if proposals:
             self._propose(proposals)
         if reads:
@@ -217,6 +219,8 @@ class RaftActor(Actor):
             answer.header.member_id = self.settings.member_id
             for routing_id in got.joins:
                 self.transport.answer_join(routing_id, answer.SerializeToString())
+        for sender, kind, records in got.lease:
+            self.lease.extend(kind, records, aux=sender)
         if got.removed:
             self._removed()
         now = time.monotonic()
@@ -342,6 +346,13 @@ class RaftActor(Actor):
         )
         self._propose([(0, Method.MEMBER_PUBLISH, attributes.SerializeToString())])
 
+    def _relay_lease(self, kind: int, to: int, records: list[Record]) -> None:
+        """The lease actor's frames for member ``to``'s lease actor (this member's own included)."""
+        if to == self.settings.member_id:
+            self.lease.extend(kind, records, aux=to)
+        else:
+            self.transport.send_lease(to, kind, records)
+
     def _read_index(self, reads: list[Record]) -> None:
         """One ReadIndex request for the whole batch: one heartbeat round serves them all."""
         self.read_seq += 1
@@ -438,15 +449,13 @@ class RaftActor(Actor):
             self.metrics.proposals_pending.set(self.core.last_index - self.committed)
         if rd.leader_id != self.leader_id:
             log.info("raft_leader_changed", leader=f"{rd.leader_id:x}", term=rd.term)
-            was_leader = self.leader_id == self.settings.member_id
             self.leader_id = rd.leader_id
             is_leader = rd.leader_id == self.settings.member_id
             self.metrics.has_leader.set(int(bool(rd.leader_id)))
             self.metrics.is_leader.set(int(is_leader))
             if rd.leader_id:
                 self.metrics.leader_changes.inc()
-            if is_leader != was_leader:
-                self.lease.signal(Kind.LEADERSHIP, int(is_leader))
+            self.lease.signal(Kind.LEADER, rd.leader_id)
             if self.moves:
                 self._settle_moves(time.monotonic())
         self.core.advance(rd)

@@ -7,9 +7,11 @@ nothing queued for a peer that is not connected; the high-water mark bounds the 
 
 Peer frames, each kind behind its own magic: raft messages (:mod:`actors.raft.codec`);
 proposals a follower forwards to the leader (the envelope of :mod:`actors.protocol`), and the
-errors the leader answers for those it refuses before proposing (membership changes); a new
-member's request for the cluster it joins (answered on the same connection); the notice a member
-sends to a member that was removed; snapshot chunks and their acknowledgements.
+errors the leader answers for those it refuses before proposing (membership changes); the lease
+actors' frames (a follower's keep-alives to the leader's lease clock, and the answers, handed to
+and from the lease actor unopened); a new member's request for the cluster it joins (answered on
+the same connection); the notice a member sends to a member that was removed; snapshot chunks and
+their acknowledgements.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ REMOVED_MAGIC = b"CRNX"  # + cluster id:u64 + member id:u64: "you were removed f
 SNAP_CHUNK_MAGIC = b"CRNS"  # + actors.raft.snapsend chunk
 SNAP_ACK_MAGIC = b"CRNA"  # + actors.raft.snapsend acknowledgement
 _IDS = struct.Struct("<QQ")
+LEASE_MAGIC = b"CRNL"  # + sender id:u64 + pack(Kind.LEASE_FORWARD or LEASE_REPLY, records, aux=cluster id)
+LEASE_KINDS = frozenset({Kind.LEASE_FORWARD, Kind.LEASE_REPLY})
 PEER_HWM = 10000
 FAULT_FILE_ENV = "CAIRN_FAULT_FILE"  # tests only: a file naming peers to cut this member off from
 
@@ -60,6 +64,7 @@ class Inbound:
     removed: bool = False  # a member told us we were removed
     snapshot_chunks: list[tuple[int, bytes]] = field(default_factory=list)  # (sender, chunk)
     snapshot_acks: list[tuple[int, bytes]] = field(default_factory=list)  # (sender, ack)
+    lease: list[tuple[int, int, list[Record]]] = field(default_factory=list)  # (sender, kind, records)
 
 
 class PeerTransport:
@@ -153,6 +158,11 @@ class PeerTransport:
         self._send(leader, FORWARD_MAGIC + sender + pack(Kind.PROPOSE, proposals, aux=self.cluster_id))
         return True
 
+    def send_lease(self, peer: int, kind: int, records: list[Record]) -> None:
+        """A frame for ``peer``'s lease actor; lost if the link is down (the lease actor resends)."""
+        sender = self.member_id.to_bytes(8, "big")
+        self._send(peer, LEASE_MAGIC + sender + pack(kind, records, aux=self.cluster_id))
+
     def answer_failed(self, origin: int, results: list[Record]) -> None:
         """Errors for proposals ``origin`` forwarded and this leader refused before proposing."""
         self._send(origin, RESULT_MAGIC + pack(Kind.RESULT, results, aux=self.cluster_id))
@@ -198,12 +208,17 @@ class PeerTransport:
 
     def _decode(self, routing_id: bytes, frame: bytes, got: Inbound) -> None:
         magic = frame[:4]
-        if magic == FORWARD_MAGIC or magic in (SNAP_CHUNK_MAGIC, SNAP_ACK_MAGIC):
+        if magic in (FORWARD_MAGIC, LEASE_MAGIC, SNAP_CHUNK_MAGIC, SNAP_ACK_MAGIC):
             start = len(magic) + 8
             sender = int.from_bytes(frame[len(magic) : start], "big")
             if sender in self.cut:
                 return
-            if magic == SNAP_CHUNK_MAGIC:
+            if magic == LEASE_MAGIC:
+                kind, cluster, records = unpack(frame[start:])
+                if kind not in LEASE_KINDS or cluster != self.cluster_id:
+                    raise MalformedFrame("lease frame of another kind or cluster")
+                got.lease.append((sender, kind, records))
+            elif magic == SNAP_CHUNK_MAGIC:
                 got.snapshot_chunks.append((sender, frame[start:]))
             elif magic == SNAP_ACK_MAGIC:
                 got.snapshot_acks.append((sender, frame[start:]))

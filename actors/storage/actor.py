@@ -43,14 +43,21 @@ from actors.protocol import (
 )
 from actors.raft.confchange import ConfChange
 from actors.raft.members import MemberTable, change_response
-from actors.storage.backend import META, Backend
+from actors.storage.alarms import AlarmTable, alarm_text
+from actors.storage.backend import APPLIED_INDEX, AUTH, KV, LEASE, META, Backend
 from actors.storage.checkpoint import checkpoints_dir, clear_checkpoints, take_checkpoint, ticket
+from actors.storage.defrag import Defragmenter
+from actors.storage.hashes import hash_backend
 from actors.storage.install import INSTALLED_SNAPSHOT, recover_swap, swap_in
 from actors.storage.mvcc import MvccStore
+from actors.storage.quota import CHARGED
+from actors.storage.validate import parse
 
 log = structlog.get_logger()
 
 MEMBER_PUBLISH_BYTE = bytes((Method.MEMBER_PUBLISH,))  # the method byte of a proposal (decode_proposal)
+FLUSH_POLL = 0.005  # seconds between looks at a memtable flush a snapshot waits for
+FLUSH_WAIT = 2.0  # ... and how long at most (then the checkpoint flushes what is left itself)
 REQUEST_COUNTER = (1 << 48) - 1  # the low bits of a request key; 0 for the lease actor's own proposals
 VERSION = "3.4.0"  # the etcd API version cairn speaks; clients read it from Status
 
@@ -80,6 +87,9 @@ class StorageActor(Actor):
         self.backend = Backend(path)
         clear_checkpoints(settings.data_dir)
         self.checkpoints = 0
+        self.install_waiting: Record | None = None  # a raft snapshot install waiting for a defragment
+        self.snapshot_waiting: list[int] = []  # Maintenance.Snapshot requests waiting for the flush
+        self.snapshot_give_up = 0.0
         self.tokens = tokens
         self.store = self._open_store()
         self.members = self._open_members()
@@ -94,22 +104,28 @@ class StorageActor(Actor):
         self.uncommitted = False
         self.synced = self.applied
         self.metrics = metrics.core()
+        # a run defragments the backend of the moment it starts (a raft snapshot install swaps it)
+        self.defrag = Defragmenter(ctx, lambda: self.backend.defragment(), self.metrics.defrag)
         self.metrics.proposals_applied.set(self.applied)
         self._export_sizes()
         self.next_sync = time.monotonic() + 1.0
         log.info("storage_opened", revision=self.store.revision, applied=self.applied)
 
     def _open_store(self) -> MvccStore:
-        """The MVCC store and the auth store on the backend (again after a snapshot install)."""
+        """The MVCC store, the auth store and the alarms on the backend (again after a snapshot install)."""
         settings = self.settings
         leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
         self.auth = AuthStore(self.backend, self.tokens)
         self.auth.applied_index = self.backend.applied_index
+        self.alarms = AlarmTable(self.backend)
         return MvccStore(self.backend, leases)
 
     def _install(self, record: Record) -> None:
         """Raft snapshot install: the kv DB becomes the leader's checkpoint (unpacked by raft), the
         indexes are rebuilt from it, and raft hears the member table it brought."""
+        if self.defrag.running:  # its thread works on the backend about to be replaced: after it
+            self.install_waiting = record
+            return
         _, _, body = record
         directory, snapshot = unpack_blobs(body)
         self._commit()
@@ -168,9 +184,13 @@ class StorageActor(Actor):
         return self.applied
 
     def sockets(self) -> Sequence[zmq.Socket]:
-        return (self.inbox,)
+        return (self.inbox, self.defrag.done)
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
+        if sock is self.defrag.done:
+            for (report,) in messages:
+                self._defragmented(report)
+            return
         for (frame,) in messages:
             kind, aux, records = unpack(frame)
             if kind == Kind.COMMITTED:
@@ -196,6 +216,7 @@ class StorageActor(Actor):
     def _apply(self, entries: list[Record]) -> None:
         mine = self.settings.key_prefix
         results = []
+        grew = False
         for index, entry_type, data in entries:
             if index <= self.applied:
                 continue  # replayed after a restart: already in the store
@@ -211,6 +232,7 @@ class StorageActor(Actor):
             if entry_type != EntryType.NORMAL:
                 continue
             key, method, request = decode_proposal(data)
+            grew = grew or (method & ~AUTHED) in CHARGED
             try:
                 response = self._apply_one(key, method, request, index)
             except errors.EtcdError as e:
@@ -221,13 +243,16 @@ class StorageActor(Actor):
                 log.exception("apply_failed", index=index, method=method)
                 result = (key, errors.Code.INTERNAL, b"cairn: internal error applying this request")
             else:
-                self._header(response)
+                if method != Method.ALARM:  # etcd's AlarmResponse carries no header at all
+                    self._header(response)
                 result = (key, 0, response.SerializeToString())
             if key & 0xFFFF_0000_0000_0000 == mine:
                 results.append(result)
         self._commit()
         self.auth.applied_index = self.applied
         self.session.extend(Kind.RESULT, results)
+        if grew:  # behind the results: the session stops charging them as it learns the new size
+            self.session.signal(Kind.DB_SIZE, self.backend.size_bytes())
         if self.store.lease_events:
             self._send_lease_events(self.store.lease_events)
             self.store.lease_events.clear()
@@ -250,6 +275,11 @@ class StorageActor(Actor):
             raise errors.USER_EMPTY.copy()
         if method in AUTH_METHODS:
             return auth.apply(method, request, user, index, time.monotonic())
+        if method == Method.ALARM:
+            return self.alarms.apply(request)
+        refusal = self.alarms.refusal(method, request)
+        if refusal is not None:
+            raise refusal.copy()
         return self.store.apply(Method(method), request)
 
     def _lease_keys(self, lease_id: int) -> list[bytes]:
@@ -285,6 +315,21 @@ class StorageActor(Actor):
             answer = encode_history([], start, compacted=self.store.compact_revision)
         self.watch.put(Kind.RESULT, (read_id, 0, answer))
 
+    def _snapshot_request(self, key: int, method: int, body: bytes) -> None:
+        """Maintenance.Snapshot: root only once auth is on (etcd's IsAdminPermitted); the checkpoint
+        waits for a memtable flush that RocksDB's own threads do (see :meth:`on_time`)."""
+        if method & AUTHED:
+            try:
+                self.auth.check_admin(decode_authed(body)[0])
+            except errors.EtcdError as e:
+                refused = errors.maintenance_auth_error(e)
+                self.session.put(Kind.RESULT, (key, refused.code, refused.message.encode()))
+                return
+        if not self.snapshot_waiting:
+            self.backend.start_flush()
+            self.snapshot_give_up = time.monotonic() + FLUSH_WAIT
+        self.snapshot_waiting.append(key)
+
     def _checkpoint(self, key: int, reply: Mailbox | None = None) -> None:
         """Maintenance.Snapshot: a checkpoint of what is applied now, for the frontend to stream
         (or for the raft actor to send a follower: ``reply``)."""
@@ -294,14 +339,14 @@ class StorageActor(Actor):
             checkpoints_dir(self.settings.data_dir), f"{self.applied}-{self.checkpoints}"
         )
         store = self.store
-        everything = rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", count_only=True)
+        start = time.perf_counter()
         try:
             meta = take_checkpoint(
                 self.backend,
                 directory,
                 store.revision,
                 store.compact_revision,
-                store.range(everything).count,
+                store.live_key_count,
                 self.settings.member_id,
                 self.settings.cluster_id,
             )
@@ -309,7 +354,13 @@ class StorageActor(Actor):
             log.error("snapshot_checkpoint_failed", error=str(e))
             reply.put(Kind.RESULT, (key, errors.Code.INTERNAL, f"cairn: checkpoint failed: {e}".encode()))
             return
-        log.info("snapshot_checkpoint_taken", revision=meta.revision, bytes=meta.data_size, path=directory)
+        log.info(
+            "snapshot_checkpoint_taken",
+            revision=meta.revision,
+            bytes=meta.data_size,
+            path=directory,
+            ms=round((time.perf_counter() - start) * 1000, 1),  # the time the core's loop was busy with it
+        )
         reply.put(Kind.RESULT, (key, 0, ticket(directory, meta)))
 
     def _read(self, record: Record) -> None:
@@ -317,8 +368,14 @@ class StorageActor(Actor):
         if method == Method.WATCH_HISTORY:
             self._history(key, body)
             return
-        if method == Method.SNAPSHOT:
-            self._checkpoint(key)
+        if method & ~AUTHED == Method.SNAPSHOT:
+            self._snapshot_request(key, method, body)
+            return
+        if method == Method.DEFRAGMENT:
+            log.info(
+                "defragment_requested", db_size=self.backend.size_bytes(), running=bool(self.defrag.running)
+            )
+            self.defrag.request(key)
             return
         if method == Method.RAFT_SNAPSHOT:
             self._checkpoint(key, self.raft)
@@ -331,6 +388,8 @@ class StorageActor(Actor):
                 self.auth.check_request(method, body, user, revision, self._lease_keys)
             if method == Method.RANGE:
                 response = self.store.range(rpc_pb2.RangeRequest.FromString(body))
+            elif method == Method.TXN:  # read-only (the session proposes every other txn)
+                response = self.store.txn(rpc_pb2.TxnRequest.FromString(body))
             elif method == Method.LEASE_TIME_TO_LIVE:
                 response = self.store.lease_time_to_live(rpc_pb2.LeaseTimeToLiveRequest.FromString(body))
                 if response.TTL != -1:
@@ -338,15 +397,24 @@ class StorageActor(Actor):
             elif method == Method.LEASE_LEASES:
                 response = self.store.lease_leases()
             elif method == Method.LEASE_KEEPALIVE:
-                response = rpc_pb2.LeaseKeepAliveResponse.FromString(body)  # from the lease actor
+                # the header before the renewal, as etcd: its revision is never one after the renewal
+                lease_id = rpc_pb2.LeaseKeepAliveRequest.FromString(body).ID
+                response = rpc_pb2.LeaseKeepAliveResponse(ID=lease_id)
+                answer = self.lease  # the leader's clock renews it
             elif method == Method.STATUS:
                 response = rpc_pb2.StatusResponse.FromString(body)
                 response.version = VERSION
-                response.dbSize = response.dbSizeInUse = self.backend.size_bytes()
+                response.dbSize = self.backend.size_bytes()
+                response.dbSizeInUse = self.backend.size_in_use_bytes()
+                response.errors.extend(alarm_text(alarm, member) for alarm, member in self.alarms.active())
                 response.raftAppliedIndex = self.applied
             elif method == Method.MEMBER_LIST:
                 response = rpc_pb2.MemberListResponse.FromString(body)
                 response.members.extend(self.members.listing())
+            elif method == Method.HASH_KV:
+                response = self._hash_kv(body)
+            elif method == Method.HASH:
+                response = rpc_pb2.HashResponse(hash=self._hash_backend())
             else:
                 raise errors.EtcdError(errors.Code.UNIMPLEMENTED, f"method {method} is not a read")
         except errors.EtcdError as e:
@@ -360,11 +428,57 @@ class StorageActor(Actor):
         else:
             answer.put(Kind.READ, (key, method, response.SerializeToString()))
 
+    def _hash_kv(self, body: bytes) -> rpc_pb2.HashKVResponse:
+        request = parse(rpc_pb2.HashKVRequest, body)
+        start = time.perf_counter()
+        value, compact = self.store.hash_kv(request.revision)
+        seconds = time.perf_counter() - start
+        self.metrics.hash_rev.observe(seconds)
+        log.info("hash_kv", revision=request.revision, seconds=round(seconds, 3))
+        return rpc_pb2.HashKVResponse(hash=value, compact_revision=compact)
+
+    def _hash_backend(self) -> int:
+        """Every replicated row of the backend; the applied index is this member's own progress."""
+        start = time.perf_counter()
+        scan = self.backend.scan
+        column_families = (
+            (KV, self.backend.scan_kv()),
+            (META, scan(META)),
+            (LEASE, scan(LEASE)),
+            (AUTH, scan(AUTH)),
+        )
+        value = hash_backend(column_families, frozenset({(META, APPLIED_INDEX)}))
+        self.metrics.hash.observe(time.perf_counter() - start)
+        return value
+
+    def _defragmented(self, report: bytes) -> None:
+        """A defragment run finished: answer the requests it served."""
+        answered, error = self.defrag.finished(report)
+        if self.install_waiting is not None and not self.defrag.running:
+            record, self.install_waiting = self.install_waiting, None
+            self._install(record)
+        size = self._export_sizes()
+        log.info("defragment_answered", requests=len(answered), db_size=size, error=error)
+        for key in answered:
+            if error is None:  # etcd's DefragmentResponse has no header: empty
+                self.session.put(Kind.RESULT, (key, 0, b""))
+            else:
+                self.session.put(Kind.RESULT, (key, errors.Code.INTERNAL, error.encode()))
+
     def deadline(self) -> float | None:
+        if self.snapshot_waiting:
+            return min(self.next_sync, time.monotonic() + FLUSH_POLL)
         return self.next_sync
 
     def on_time(self, now: float) -> None:
-        """Sync the WAL once a second and tell raft which entries no longer need the log."""
+        """Checkpoint once the memtable flush is done; sync the WAL once a second and tell raft which
+        entries no longer need the log."""
+        if self.snapshot_waiting and (not self.backend.flushing() or now > self.snapshot_give_up):
+            for key in self.snapshot_waiting:
+                self._checkpoint(key)
+            self.snapshot_waiting.clear()
+        if now < self.next_sync:
+            return
         self.next_sync = now + 1.0
         self.auth.tokens.expire(now)
         self._export_sizes()
@@ -373,11 +487,14 @@ class StorageActor(Actor):
             self.synced = self.applied
             self.raft.signal(Kind.APPLIED_DURABLE, self.synced)
 
-    def _export_sizes(self) -> None:
+    def _export_sizes(self) -> int:
+        """Measure the backend for the metrics and for the session's space quota; return its size."""
         size = self.backend.size_bytes()
         self.metrics.db_size.set(size)
-        self.metrics.db_size_in_use.set(size)
+        self.metrics.db_size_in_use.set(self.backend.size_in_use_bytes())
         self.metrics.keys_total.set(self.store.key_count)
+        self.session.signal(Kind.DB_SIZE, size)
+        return size
 
     def flush(self) -> None:
         self.session.flush()
@@ -386,6 +503,7 @@ class StorageActor(Actor):
         self.watch.flush()
 
     def close(self) -> None:
+        self.defrag.close()
         self._commit()
         self.inbox.close(linger=0)
         for mailbox in (self.session, self.raft, self.lease, self.watch):

@@ -18,10 +18,20 @@ are a consistent view already).
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 from collections.abc import Iterator
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import (
+    BottommostLevelCompaction,
+    CompactOptions,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
 KV = "kv"  # revision row key -> serialized mvccpb.KeyValue
 META = "meta"  # applied index, compacted revision, ...
@@ -30,12 +40,16 @@ AUTH = "auth"  # reserved for the auth actor
 COLUMN_FAMILIES = (KV, META, LEASE, AUTH)
 
 APPLIED_INDEX = b"applied_index"  # meta key: u64 big-endian
+MAX_WAL_BYTES = 64 * 1024 * 1024
+"""Past this much write-ahead log, RocksDB flushes the column families that pin its oldest file:
+the small CFs (meta, lease) otherwise keep every WAL file alive, and the WAL counts in the size."""
 
 
 def _options() -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    opts.set_max_total_wal_size(MAX_WAL_BYTES)
     return opts
 
 
@@ -151,22 +165,48 @@ class Backend:
     # -- maintenance -----------------------------------------------------------------------------
 
     def size_bytes(self) -> int:
-        """Bytes the data takes (SST files + memtables of every CF): Status.dbSize."""
+        """Bytes the store takes on disk: every CF's SST files plus the write-ahead log, which holds
+        what the memtables have not flushed yet. Status.dbSize, and what the space quota counts
+        (as etcd counts its bolt file): deleting or compacting does not shrink it, defragmenting does."""
+        return self._sst_bytes("rocksdb.total-sst-files-size") + self._wal_bytes()
+
+    def size_in_use_bytes(self) -> int:
+        """RocksDB's estimate of the live data in the SST files, plus the WAL: Status.dbSizeInUse."""
+        return self._sst_bytes("rocksdb.estimate-live-data-size") + self._wal_bytes()
+
+    def _sst_bytes(self, prop: str) -> int:
+        return sum(cf.property_int_value(prop) or 0 for cf in self._cfs.values())
+
+    def _wal_bytes(self) -> int:
         total = 0
-        for cf in self._cfs.values():
-            total += cf.property_int_value("rocksdb.total-sst-files-size") or 0
-            total += cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.name.endswith(".log"):
+                    with contextlib.suppress(FileNotFoundError):  # deleted by RocksDB meanwhile
+                        total += entry.stat().st_size
         return total
 
     def defragment(self) -> None:
-        """Flush and fully compact every CF so deleted rows free their space (etcd's Defragment)."""
-        from rocksdict import BottommostLevelCompaction, CompactOptions
+        """Flush and fully compact every CF so deleted rows free their space (etcd's Defragment).
 
-        self._db.flush(True)
+        Safe on another thread while this one writes (RocksDB is thread-safe, and rocksdict
+        releases the GIL inside flush and compact_range: the core loop keeps running).
+        """
         opts = CompactOptions()
         opts.set_bottommost_level_compaction(BottommostLevelCompaction.force())
         for cf in self._cfs.values():
+            cf.flush(True)
             cf.compact_range(None, None, opts)
+
+    def start_flush(self) -> None:
+        """Have RocksDB's own threads flush every CF's memtable; returns at once (``Rdict.flush``
+        flushes only the default CF, and with ``wait`` it stops the caller for the whole flush)."""
+        for cf in self._cfs.values():
+            cf.flush(False)
+
+    def flushing(self) -> bool:
+        """Whether a memtable flush started by :meth:`start_flush` is still under way."""
+        return any(cf.property_int_value("rocksdb.num-immutable-mem-table") for cf in self._cfs.values())
 
     def checkpoint(self, path: str) -> None:
         """A consistent copy of every CF's committed rows in the new directory ``path``: RocksDB

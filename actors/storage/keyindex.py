@@ -78,6 +78,10 @@ class KeyIndex:
         """Keys known to the index, deleted ones still holding history included."""
         return len(self._entries)
 
+    def live_count(self) -> int:
+        """Keys that exist now (not deleted): one pass over the entries, no range walk."""
+        return sum(1 for entry in self._entries.values() if entry[1])
+
     def put(self, key: bytes, rev: bytes) -> tuple[int, int]:
         """Record a put of ``key`` at ``rev``; return the key's (create_revision, version) after it."""
         entry = self._entries.get(key)
@@ -210,6 +214,13 @@ class KeyIndex:
     def count(self, key: bytes, range_end: bytes, at_rev: int) -> int:
         """How many keys of the range existed at ``at_rev``."""
         return len(self.revisions(key, range_end, at_rev))
+
+    def keep(self, at_rev: int) -> set[bytes]:
+        """The put revisions a compaction at ``at_rev`` would keep at or below it (etcd's Keep):
+        each key's revision visible at ``at_rev``, if the key existed then."""
+        bound = revision_bound(at_rev)
+        visible = (_visible(entry[2], bound) for entry in self._entries.values())
+        return {rev for rev in visible if rev is not None}
 
     def compact(self, at_rev: int) -> list[bytes]:
         """Forget history older than ``at_rev``; return the row keys that can be deleted from disk.

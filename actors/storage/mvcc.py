@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from operator import attrgetter
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from actors import errors
 from actors.errors import Code, EtcdError
@@ -36,8 +36,9 @@ from actors.lease.table import LeaseTable
 from actors.proto import kv_pb2, rpc_pb2
 from actors.protocol import Method, varint
 from actors.storage.backend import META, Backend
+from actors.storage.hashes import hash_kv
 from actors.storage.keyindex import REVISION_SIZE, KeyIndex, main_revision, revision_bound, revision_key
-from actors.storage.validate import decode
+from actors.storage.validate import decode, parse
 
 KeyValue = kv_pb2.KeyValue
 RangeRequest = rpc_pb2.RangeRequest
@@ -197,20 +198,17 @@ class MvccStore:
         if handler is None:
             raise EtcdError(Code.UNIMPLEMENTED, f"cairn: method {method} is not a KV request")
         cls = _LEASE_REQUESTS.get(method)
-        if cls is None:
-            return handler(decode(method, request))
-        try:
-            message = cls.FromString(request)
-        except DecodeError as exc:
-            raise EtcdError(
-                Code.INVALID_ARGUMENT, f"cairn: request is not a valid etcdserverpb.{cls.__name__}: {exc}"
-            ) from None
-        return handler(message)
+        return handler(decode(method, request) if cls is None else parse(cls, request))
 
     @property
     def key_count(self) -> int:
         """Keys in the index (etcd_debugging_mvcc_keys_total), deleted ones with history included."""
         return len(self._index)
+
+    @property
+    def live_key_count(self) -> int:
+        """Keys that exist at the current revision (a snapshot's "total keys")."""
+        return self._index.live_count()
 
     def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         """Serve a Range at the current revision (header.revision set; the caller adds the rest)."""
@@ -278,6 +276,22 @@ class MvccStore:
         resp = rpc_pb2.CompactionResponse()
         resp.header.revision = self.revision
         return resp
+
+    def hash_kv(self, rev: int) -> tuple[int, int]:
+        """etcd's HashByRev: ``(hash of the rows up to rev, compact revision)``; 0 = current revision.
+
+        Only committed rows are read: the caller commits first.
+        """
+        compact = self.compact_revision
+        if 0 < rev <= compact:
+            raise errors.COMPACTED.copy()
+        if rev > self.revision:
+            raise errors.FUTURE_REV.copy()
+        if rev == 0:
+            rev = self.revision
+        rev = max(rev, -1)  # etcd hashes no row at all for a negative revision
+        rows = self._backend.scan_kv(b"", revision_bound(rev))
+        return hash_kv(rows, self._index.keep(rev), compact), compact
 
     # -- leases ----------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ ignore_value needs, a compacted revision) is checked by :mod:`actors.storage.mvc
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from google.protobuf.message import DecodeError, Message
 
 from actors import errors
@@ -22,7 +24,19 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     Method.COMPACT: rpc_pb2.CompactionRequest,
 }
 
+M = TypeVar("M", bound=Message)
+
 DEFAULT_MAX_TXN_OPS = 128  # etcd's --max-txn-ops default
+
+
+def parse(cls: type[M], request: bytes) -> M:
+    """Parse ``request`` as the etcd message ``cls``; bad bytes -> INVALID_ARGUMENT."""
+    try:
+        return cls.FromString(request)
+    except DecodeError as exc:
+        raise EtcdError(
+            Code.INVALID_ARGUMENT, f"cairn: request is not a valid etcdserverpb.{cls.__name__}: {exc}"
+        ) from None
 
 
 def decode(method: int, request: bytes) -> Message:
@@ -31,12 +45,7 @@ def decode(method: int, request: bytes) -> Message:
         cls = REQUEST_TYPES[method]
     except KeyError:
         raise EtcdError(Code.UNIMPLEMENTED, f"cairn: method {method} is not a KV request") from None
-    try:
-        return cls.FromString(request)
-    except DecodeError as exc:
-        raise EtcdError(
-            Code.INVALID_ARGUMENT, f"cairn: request is not a valid etcdserverpb.{cls.__name__}: {exc}"
-        ) from None
+    return parse(cls, request)
 
 
 def validate(method: int, request: bytes, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> Message | None:

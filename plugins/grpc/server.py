@@ -10,6 +10,7 @@ text, which clients (etcdctl, clientv3) turn into their typed errors.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,11 +23,14 @@ from actors.errors import EtcdError
 from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
 from node.config import NodeConfig
+from plugins.grpc.election import ElectionService
+from plugins.grpc.lock import LockService
 from plugins.grpc.snapshot import snapshot_stream
 
 log = structlog.get_logger()
 
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets a gRPC message exceed max-request-bytes by this much
+STREAM_IN_FLIGHT = 1024  # keep-alives of one stream at the core at once; more wait (gRPC flow control)
 
 UNARY_METHODS: dict[str, dict[str, Method]] = {
     "etcdserverpb.KV": {
@@ -42,7 +46,14 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
         "LeaseTimeToLive": Method.LEASE_TIME_TO_LIVE,
         "LeaseLeases": Method.LEASE_LEASES,
     },
-    "etcdserverpb.Maintenance": {"Status": Method.STATUS, "MoveLeader": Method.MOVE_LEADER},
+    "etcdserverpb.Maintenance": {
+        "Status": Method.STATUS,
+        "Defragment": Method.DEFRAGMENT,
+        "Hash": Method.HASH,
+        "HashKV": Method.HASH_KV,
+        "Alarm": Method.ALARM,
+        "MoveLeader": Method.MOVE_LEADER,
+    },
     "etcdserverpb.Cluster": {
         "MemberList": Method.MEMBER_LIST,
         "MemberAdd": Method.MEMBER_ADD,
@@ -55,6 +66,7 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
+ServerStreamHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
 def token(context: grpc.aio.ServicerContext) -> str | None:
@@ -66,9 +78,19 @@ def token(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def forward(client: Client, method: Method) -> Handler:
+    return unary(functools.partial(client.call, method))
+
+
+def unary(call: Callable[[bytes, str | None], Awaitable[bytes]], waits: bool = False) -> Handler:
+    """A unary method answered by ``call(request, auth token)``; its EtcdError becomes etcd's gRPC
+    status and text.
+    A method that ``waits`` (Lock, Campaign) ends with its RPC (:func:`end_with_rpc`)."""
+
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if waits:
+            end_with_rpc(context)
         try:
-            return await client.call(method, request, token(context))
+            return await call(request, token(context))
         except EtcdError as e:
             await context.abort(grpc.StatusCode[e.code.name], e.message)
             raise  # unreachable: abort raises
@@ -76,17 +98,81 @@ def forward(client: Client, method: Method) -> Handler:
     return handler
 
 
+def server_stream(call: Callable[[bytes, str | None], AsyncIterator[bytes]]) -> ServerStreamHandler:
+    """A server-streaming method (Election.Observe): the responses ``call`` yields, then its error."""
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        end_with_rpc(context)
+        try:
+            async for response in call(request, token(context)):
+                yield response
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode[e.code.name], e.message)
+
+    return handler
+
+
+def end_with_rpc(context: grpc.aio.ServicerContext) -> None:
+    """Cancel the running handler when its RPC ends or its deadline passes. grpc.aio does not cancel
+    a handler that starts at (or just before) its deadline: such a Lock was seen waiting on for no
+    one, and then granted; a method that waits must not outlive its caller."""
+    task = asyncio.current_task()
+    assert task is not None
+    remaining = context.time_remaining()
+    if remaining is not None:
+        deadline = asyncio.get_running_loop().call_later(max(remaining, 0.0), task.cancel)
+        task.add_done_callback(lambda _: deadline.cancel())
+    if context.done():
+        task.cancel()
+    else:
+        context.add_done_callback(lambda _: task.cancel())
+
+
 def forward_stream(client: Client, method: Method) -> StreamHandler:
-    """A bidirectional stream where each request gets one response (LeaseKeepAlive)."""
+    """A bidirectional stream where each request gets one response (LeaseKeepAlive).
+
+    Requests are pipelined (up to ``STREAM_IN_FLIGHT`` per stream) and each answer is sent as it
+    comes: clientv3 keeps every lease of a client alive on one stream and matches answers by lease
+    id, so one slow keep-alive (a follower's, waiting for a new leader) must not hold up the rest,
+    nor may the stream's rate be one core round trip at a time. An error ends the stream, as etcd's.
+    """
 
     async def handler(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for request in requests:
+        answers: asyncio.Queue[bytes | EtcdError | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        calls: set[asyncio.Task[None]] = set()
+
+        async def call(request: bytes) -> None:
             try:
-                yield await client.call(method, request, token(context))
+                answers.put_nowait(await client.call(method, request, token(context)))
             except EtcdError as e:
-                await context.abort(grpc.StatusCode[e.code.name], e.message)
+                answers.put_nowait(e)
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()
+                    task = asyncio.create_task(call(request))
+                    calls.add(task)
+                    task.add_done_callback(calls.discard)
+                await asyncio.gather(*calls)
+            finally:
+                answers.put_nowait(None)  # the client half-closed and everything is answered
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                if isinstance(answer, EtcdError):
+                    await context.abort(grpc.StatusCode[answer.code.name], answer.message)
+                yield answer
+        finally:
+            reader.cancel()
+            for task in list(calls):
+                task.cancel()
 
     return handler
 
@@ -116,6 +202,24 @@ def watch_stream(client: Client) -> StreamHandler:
             stream.close()
 
     return handler
+
+
+def recipe_handlers(client: Client) -> list[grpc.GenericRpcHandler]:
+    """The v3lock and v3election services, which run here on top of the core's KV, lease and watch."""
+    locks, elections = LockService(client), ElectionService(client)
+    lock = {
+        "Lock": grpc.unary_unary_rpc_method_handler(unary(locks.lock, waits=True)),
+        "Unlock": grpc.unary_unary_rpc_method_handler(unary(locks.unlock)),
+    }
+    election = {
+        name: grpc.unary_unary_rpc_method_handler(unary(getattr(elections, name.lower()), name == "Campaign"))
+        for name in ("Campaign", "Proclaim", "Leader", "Resign")
+    }
+    election["Observe"] = grpc.unary_stream_rpc_method_handler(server_stream(elections.observe))
+    return [
+        grpc.method_handlers_generic_handler("v3lockpb.Lock", lock),
+        grpc.method_handlers_generic_handler("v3electionpb.Election", election),
+    ]
 
 
 def shares_client_port(config: NodeConfig) -> bool:
@@ -177,10 +281,11 @@ class GrpcFrontend:
                     forward_stream(client, Method.LEASE_KEEPALIVE)
                 )
             if service == "etcdserverpb.Maintenance":
-                table["Snapshot"] = grpc.unary_stream_rpc_method_handler(snapshot_stream(client))
+                table["Snapshot"] = grpc.unary_stream_rpc_method_handler(snapshot_stream(client, token))
             handlers.append(grpc.method_handlers_generic_handler(service, table))
         watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
         handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))
+        handlers.extend(recipe_handlers(client))
         server.add_generic_rpc_handlers(handlers)
         checker = health.aio.HealthServicer()
         await checker.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import structlog
 from google.protobuf.message import Message
@@ -24,8 +27,11 @@ from actors.errors import Code, EtcdError
 from actors.proto import rpc_pb2, v3election_pb2, v3lock_pb2
 from actors.protocol import AUTH_RPCS, Method
 from node.api import Client
+from plugins.grpc.election import ElectionService
+from plugins.grpc.lock import LockService
 from plugins.rest import jsonpb
 from plugins.rest.http import Exchange, Handler, Headers
+from plugins.rest.snapshot import snapshot_handler
 
 log = structlog.get_logger()
 
@@ -114,6 +120,10 @@ SERVED: dict[tuple[str, str], Method] = {
     (_CLUSTER, "MemberPromote"): Method.MEMBER_PROMOTE,
     (_MAINT, "Status"): Method.STATUS,
     (_MAINT, "MoveLeader"): Method.MOVE_LEADER,
+    (_MAINT, "Snapshot"): Method.SNAPSHOT,
+    (_MAINT, "Defragment"): Method.DEFRAGMENT,
+    (_MAINT, "Hash"): Method.HASH,
+    (_MAINT, "Alarm"): Method.ALARM,
     **{(_AUTH, name): method for name, method in AUTH_RPCS.items()},
 }
 
@@ -198,6 +208,21 @@ class Route:
         self.method = SERVED.get((service, name))
 
 
+def recipe_methods(client: Client) -> dict[tuple[str, str], Callable[..., Any]]:
+    """The lock and election methods, which the frontend serves itself on top of the core."""
+    locks, elections = LockService(client), ElectionService(client)
+    lock, election = "v3lockpb.Lock", "v3electionpb.Election"
+    return {
+        (lock, "Lock"): locks.lock,
+        (lock, "Unlock"): locks.unlock,
+        (election, "Campaign"): elections.campaign,
+        (election, "Proclaim"): elections.proclaim,
+        (election, "Leader"): elections.leader,
+        (election, "Observe"): elections.observe,
+        (election, "Resign"): elections.resign,
+    }
+
+
 def error_body(code: int, message: str) -> bytes:
     return jsonpb.encode({"error": message, "message": message, "code": int(code)})
 
@@ -273,15 +298,26 @@ class Gateway:
         services = _services()
         self.routes = {path: Route(service, name, services) for path, (service, name) in PATHS.items()}
         self.handlers: dict[str, Handler] = {}
+        recipes = recipe_methods(client)
         for path, route in self.routes.items():
-            if route.method is None:
+            recipe = recipes.get((route.service, route.grpc_method))
+            if recipe is not None:
+                stream = route.grpc_type == "server_stream"
+                self.handlers[path] = (self._server_stream_handler if stream else self._unary_handler)(
+                    route, recipe
+                )
+            elif route.method is None:
                 self.handlers[path] = self._unimplemented_handler(route)
             elif route.method == Method.WATCH:
                 self.handlers[path] = self._watch_handler(route)
             elif route.method == Method.LEASE_KEEPALIVE:
                 self.handlers[path] = self._keepalive_handler(route)
+            elif route.method == Method.SNAPSHOT:
+                self.handlers[path] = snapshot_handler(
+                    client, route, self.metrics, self._error, GATEWAY_OK_HEADERS, token
+                )
             else:
-                self.handlers[path] = self._unary_handler(route)
+                self.handlers[path] = self._unary_handler(route, functools.partial(client.call, route.method))
         self.streaming = {"/v3/watch", "/v3/lease/keepalive"}
 
     # -- routing -----------------------------------------------------------------------------------------
@@ -304,9 +340,7 @@ class Gateway:
         return _plain(404, "404 page not found"), False
 
     # -- unary methods -----------------------------------------------------------------------------------
-    def _unary_handler(self, route: Route) -> Handler:
-        method = route.method
-        assert method is not None
+    def _unary_handler(self, route: Route, call: Callable[[bytes, str | None], Awaitable[bytes]]) -> Handler:
         request_type, response_type = route.request, route.response
         service, name, grpc_type = route.service, route.grpc_method, route.grpc_type
         counters = self.metrics
@@ -325,7 +359,7 @@ class Gateway:
                 await self._error(exchange, Code.RESOURCE_EXHAUSTED, text, route, start)
                 return
             try:
-                answer = await self.client.call(method, data, token(exchange))
+                answer = await call(data, token(exchange))
             except EtcdError as e:
                 await self._error(exchange, e.code, e.message, route, start)
                 return
@@ -333,6 +367,47 @@ class Gateway:
             await exchange.respond(200, body, GATEWAY_OK_HEADERS)
             counters.handled(grpc_type, service, name, "OK", time.perf_counter() - start)
             log.debug("rest_request", path=exchange.path, status=200)
+
+        return handler
+
+    def _server_stream_handler(
+        self, route: Route, call: Callable[[bytes, str | None], AsyncIterator[bytes]]
+    ) -> Handler:
+        """One JSON request in, newline-delimited ``{"result":...}`` out until the stream ends; an
+        error ends it with an ``{"error":...}`` line (under the error's HTTP status if nothing was sent)."""
+        request_type, response_type = route.request, route.response
+
+        async def handler(exchange: Exchange) -> None:
+            start = time.perf_counter()
+            self.metrics.started(route.grpc_type, route.service, route.grpc_method)
+            try:
+                request = jsonpb.decode(exchange.body, request_type)
+            except jsonpb.JsonError as e:
+                await self._error(exchange, Code.INVALID_ARGUMENT, str(e), route, start)
+                return
+            code = "OK"
+            try:
+                async for answer in call(request.SerializeToString(), token(exchange)):
+                    if not exchange.started:
+                        exchange.begin(200, [*GATEWAY_OK_HEADERS])
+                    line = jsonpb.encode({"result": jsonpb.to_dict(response_type.FromString(answer))})
+                    await exchange.write(line + b"\n")
+            except EtcdError as e:
+                code = metrics.GRPC_CODE_NAMES[e.code]
+                if not exchange.started:
+                    exchange.begin(HTTP_STATUS.get(e.code, 500), [*JSON_HEADERS])
+                await exchange.write(stream_error_chunk(e.code, e.message))
+                log.warning("rest_stream_error", path=exchange.path, code=int(e.code), error=e.message)
+            except (asyncio.CancelledError, ConnectionError):
+                code = "Canceled"
+                raise
+            finally:
+                self.metrics.handled(
+                    route.grpc_type, route.service, route.grpc_method, code, time.perf_counter() - start
+                )
+            if not exchange.started:
+                exchange.begin(200, [*GATEWAY_OK_HEADERS])
+            exchange.finish()
 
         return handler
 
@@ -450,11 +525,19 @@ class Gateway:
 
     # -- health, version, metrics ------------------------------------------------------------------------
     async def health(self, exchange: Exchange) -> None:
-        """etcd's /health: true only if a quorum read (a linearizable range here) succeeds within 1 s."""
+        """etcd's /health: false while an alarm not named in ``?exclude=`` is active, else true only
+        if a quorum read (a linearizable range here) succeeds within 1 s."""
         request = rpc_pb2.RangeRequest(key=self.health_key, count_only=True).SerializeToString()
         try:
-            await asyncio.wait_for(self.client.call(Method.RANGE, request), HEALTH_TIMEOUT)
-            healthy = True
+            answer = await asyncio.wait_for(self.client.call(Method.STATUS, b""), HEALTH_TIMEOUT)
+            excluded = set(parse_qs(exchange.query).get("exclude", ()))
+            errors = rpc_pb2.StatusResponse.FromString(answer).errors  # alarms as "memberID:1 alarm:NOSPACE "
+            raised = {e.partition("alarm:")[2].strip() for e in errors} - {""} - excluded
+            healthy = not raised
+            if raised:
+                log.warning("health_check_alarmed", alarms=sorted(raised))
+            else:
+                await asyncio.wait_for(self.client.call(Method.RANGE, request), HEALTH_TIMEOUT)
         except (EtcdError, TimeoutError) as e:
             healthy = False
             log.warning("health_check_failed", error=getattr(e, "message", None) or type(e).__name__)

@@ -159,10 +159,11 @@ class HttpConnection(asyncio.Protocol):
             elif isinstance(event, h11.EndOfMessage):
                 self._on_end()
             elif isinstance(event, h11.ConnectionClosed):
-                # A unary request still in the works gets its answer (then the connection closes);
-                # a stream ends with the client, as etcd's gateway cancels it when the client goes.
-                if self.task is None or self.task.done() or self.streaming:
-                    self._close()
+                # The client is gone: as Go's server cancels a request's context when its connection
+                # reads EOF, the handler still at work is cancelled (a lock waiter leaves the line).
+                if self.task is not None and not self.task.done():
+                    self.task.cancel()
+                self._close()
                 return
 
     def _on_request(self, request: h11.Request) -> None:
