@@ -35,7 +35,7 @@ from actors.protocol import (
 )
 from actors.storage.mvcc import is_txn_readonly
 from actors.storage.quota import CHARGED, SpaceQuota
-from actors.storage.validate import REQUEST_TYPES, check_message, decode, parse
+from actors.storage.validate import LEASE_REQUESTS, REQUEST_TYPES, check_message, decode, parse
 
 log = structlog.get_logger()
 
@@ -227,6 +227,8 @@ class SessionActor(Actor):
                 check_message(method, message, self.limits.max_txn_ops)
             elif method in MAINTENANCE_REQUESTS:
                 parse(MAINTENANCE_REQUESTS[method], body)
+            elif method in LEASE_REQUESTS:
+                parse(LEASE_REQUESTS[method], body)
             proposed = method in WRITES or method in AUTH_METHODS
             if proposed and proposal_size(key, body) > self.limits.max_request_bytes:
                 raise errors.REQUEST_TOO_LARGE.copy()

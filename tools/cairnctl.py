@@ -2,6 +2,7 @@
 
 It speaks the etcd v3 gRPC API, so what it shows is what every etcd client sees. For the full
 etcd tool set use ``etcdctl``; cairnctl is for quick looks and for cairn's own operations.
+``queue`` and ``watch`` speak cairn's native ZeroMQ protocol (``--zmq``, tools/cairnctl_native.py).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Sequence
 
 import grpc
 
+from actors.errors import EtcdError
 from actors.proto import rpc_pb2, rpc_pb2_grpc
-from tools import snapshotctl
+from tools import cairnctl_native, snapshotctl
 from tools.nospace import explain_nospace, is_nospace
 
 
@@ -76,6 +78,8 @@ def parse_compare(text: str) -> rpc_pb2.Compare:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command in cairnctl_native.COMMANDS:
+        return cairnctl_native.run(args)
     channel = grpc.insecure_channel(args.endpoint)
     if args.command == "snapshot":
         return snapshotctl.run(args, channel)
@@ -132,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cairnctl", description="A client for cairn (or any etcd v3 endpoint).")
     p.add_argument("--endpoint", default="127.0.0.1:2379", help="host:port of the gRPC API")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    p.add_argument("--zmq", help="URL of the native ZeroMQ port (default tcp://127.0.0.1:2390)")
     sub = p.add_subparsers(dest="command", required=True)
     put = sub.add_parser("put", help="write a key")
     put.add_argument("key")
@@ -151,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     txn.add_argument("--failure", action="append", default=[])
     sub.add_parser("status", help="the member's raft and storage status")
     snapshotctl.add_parser(sub)
+    cairnctl_native.add_parsers(sub)
     return p
 
 
@@ -162,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"cairnctl: {e.details()} ({e.code().name})", file=sys.stderr)
         if is_nospace(e):
             print(explain_nospace(args.endpoint, args.timeout), file=sys.stderr)
+        sys.exit(1)
+    except EtcdError as e:
+        print(f"cairnctl: {e.message} ({e.code.name})", file=sys.stderr)
         sys.exit(1)
     except ValueError as e:  # bad input, or a snapshot refused (SnapshotError, BoltError, RestoreError)
         print(f"cairnctl: {e}", file=sys.stderr)

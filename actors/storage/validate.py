@@ -24,6 +24,16 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     Method.COMPACT: rpc_pb2.CompactionRequest,
 }
 
+# Lease requests are only parsed before they go further: bytes that are no message are refused
+# up front, never left to crash the actor that would read them (a gRPC client can send any bytes).
+LEASE_REQUESTS: dict[int, type[Message]] = {
+    Method.LEASE_GRANT: rpc_pb2.LeaseGrantRequest,
+    Method.LEASE_REVOKE: rpc_pb2.LeaseRevokeRequest,
+    Method.LEASE_KEEPALIVE: rpc_pb2.LeaseKeepAliveRequest,
+    Method.LEASE_TIME_TO_LIVE: rpc_pb2.LeaseTimeToLiveRequest,
+    Method.LEASE_LEASES: rpc_pb2.LeaseLeasesRequest,
+}
+
 M = TypeVar("M", bound=Message)
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's --max-txn-ops default
