@@ -18,7 +18,7 @@ import structlog
 import zmq
 
 from actors import errors, metrics
-from actors.auth.store import CHECKED, AuthStore
+from actors.auth.store import CHECKED, ROOT_MAINTENANCE, AuthStore
 from actors.auth.tokens import TokenProvider
 from actors.lease.table import LeaseTable, min_lease_ttl
 from actors.loop import Actor
@@ -315,16 +315,23 @@ class StorageActor(Actor):
             answer = encode_history([], start, compacted=self.store.compact_revision)
         self.watch.put(Kind.RESULT, (read_id, 0, answer))
 
-    def _snapshot_request(self, key: int, method: int, body: bytes) -> None:
-        """Maintenance.Snapshot: root only once auth is on (etcd's IsAdminPermitted); the checkpoint
-        waits for a memtable flush that RocksDB's own threads do (see :meth:`on_time`)."""
-        if method & AUTHED:
-            try:
-                self.auth.check_admin(decode_authed(body)[0])
-            except errors.EtcdError as e:
-                refused = errors.maintenance_auth_error(e)
-                self.session.put(Kind.RESULT, (key, refused.code, refused.message.encode()))
-                return
+    def _admitted(self, key: int, method: int, body: bytes) -> bytes | None:
+        """Snapshot, Defragment, Hash, HashKV: root only once auth is on (etcd's IsAdminPermitted,
+        with the Maintenance service's "auth: ..." errors). The request's body, or None once refused."""
+        if not method & AUTHED:
+            return body
+        user, _, body = decode_authed(body)
+        try:
+            self.auth.check_admin(user)
+        except errors.EtcdError as e:
+            refused = errors.maintenance_auth_error(e)
+            self.session.put(Kind.RESULT, (key, refused.code, refused.message.encode()))
+            return None
+        return body
+
+    def _snapshot_request(self, key: int) -> None:
+        """Maintenance.Snapshot: the checkpoint waits for a memtable flush that RocksDB's own
+        threads do (see :meth:`on_time`)."""
         if not self.snapshot_waiting:
             self.backend.start_flush()
             self.snapshot_give_up = time.monotonic() + FLUSH_WAIT
@@ -368,8 +375,13 @@ class StorageActor(Actor):
         if method == Method.WATCH_HISTORY:
             self._history(key, body)
             return
-        if method & ~AUTHED == Method.SNAPSHOT:
-            self._snapshot_request(key, method, body)
+        if method & ~AUTHED in ROOT_MAINTENANCE:
+            admitted = self._admitted(key, method, body)
+            if admitted is None:
+                return
+            method, body = method & ~AUTHED, admitted
+        if method == Method.SNAPSHOT:
+            self._snapshot_request(key)
             return
         if method == Method.DEFRAGMENT:
             log.info(
