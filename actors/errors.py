@@ -82,6 +82,21 @@ TIMEOUT = _error(Code.UNAVAILABLE, "request timed out")
 MEMBER_NOT_FOUND = _error(Code.NOT_FOUND, "member not found")
 PERMISSION_DENIED = _error(Code.PERMISSION_DENIED, "permission denied")
 INVALID_AUTH_TOKEN = _error(Code.UNAUTHENTICATED, "invalid auth token")
+MEMBER_EXIST = _error(Code.FAILED_PRECONDITION, "member ID already exist")
+PEER_URL_EXIST = _error(Code.FAILED_PRECONDITION, "Peer URLs already exists")
+MEMBER_BAD_URLS = _error(Code.INVALID_ARGUMENT, "given member URLs are invalid")
+MEMBER_NOT_LEARNER = _error(Code.FAILED_PRECONDITION, "can only promote a learner member")
+LEARNER_NOT_READY = _error(
+    Code.FAILED_PRECONDITION, "can only promote a learner member which is in sync with leader"
+)
+TOO_MANY_LEARNERS = _error(Code.FAILED_PRECONDITION, "too many learner members in cluster")
+MEMBER_NOT_ENOUGH_STARTED = _error(
+    Code.FAILED_PRECONDITION, "re-configuration failed due to not enough started members"
+)
+NOT_SUPPORTED_FOR_LEARNER = _error(Code.UNAVAILABLE, "rpc not supported for learner")
+BAD_LEADER_TRANSFEREE = _error(Code.FAILED_PRECONDITION, "bad leader transferee")
+# not in etcd's gRPC error table: it reaches clients with code Unknown and this text
+LEADER_TRANSFER_TIMEOUT = _error(Code.UNKNOWN, "request timed out, leader transfer took too long")
 ROOT_USER_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "root user does not exist")
 ROOT_ROLE_NOT_EXIST = _error(Code.FAILED_PRECONDITION, "root user does not have root role")
 USER_ALREADY_EXIST = _error(Code.FAILED_PRECONDITION, "user name already exists")

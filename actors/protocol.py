@@ -44,6 +44,8 @@ class Kind(IntEnum):
     PUSH = 9  # watch -> session -> frontend: (stream id, 0, WatchResponse) sent without a request
     WATCH_EVENTS = 10  # storage -> watch: (revision, 0, pack_blobs(serialized Events)); aux = raft term
     TOKEN_REQUEST = 11  # frontend -> session: as REQUEST, each body is encode_with_token(token, request)
+    SNAPSHOT_INSTALL = 12  # raft -> storage: (index, 0, pack_blobs((unpacked kv dir, Snapshot.encode())))
+    SNAPSHOT_INSTALLED = 13  # storage -> raft: (applied index, 0, pack_blobs(member table rows))
     DB_SIZE = 31  # storage -> session, no records: aux = the backend's size in bytes (space quota)
     # Lease actor to lease actor across members, relayed by the raft actors over the peer link. To
     # raft, aux is the member to deliver to; delivered to a lease actor, aux is the member it came from.
@@ -74,6 +76,13 @@ class Method(IntEnum):
     WATCH_HISTORY = 16  # watch -> storage (READ) and back (RESULT): past events for a catching-up watcher
     STATUS = 20
     MEMBER_LIST = 21
+    MEMBER_ADD = 22
+    MEMBER_REMOVE = 23
+    MEMBER_UPDATE = 24
+    MEMBER_PROMOTE = 25
+    MEMBER_PUBLISH = 26  # a raft entry only: a member records its name and client URLs (etcd's publish)
+    MOVE_LEADER = 27
+    RAFT_SNAPSHOT = 28  # raft -> storage (READ, id = peer) and back (RESULT): a checkpoint to send a follower
     SNAPSHOT = 30  # answered with actors.storage.checkpoint.ticket(): the frontend streams the files
     DEFRAGMENT = 31  # per member, not replicated: compacts this member's RocksDB
     HASH = 32  # per member: crc32c of the whole backend
@@ -100,16 +109,23 @@ class Method(IntEnum):
 
 STREAM_METHODS = frozenset({Method.WATCH, Method.WATCH_CLOSE, Method.WATCH_BLOCKED, Method.WATCH_READY})
 
-WRITES = frozenset(
-    {
-        Method.PUT,
-        Method.DELETE_RANGE,
-        Method.TXN,
-        Method.COMPACT,
-        Method.LEASE_GRANT,
-        Method.LEASE_REVOKE,
-        Method.ALARM,
-    }
+MEMBERSHIP_CHANGES = frozenset(
+    {Method.MEMBER_ADD, Method.MEMBER_REMOVE, Method.MEMBER_UPDATE, Method.MEMBER_PROMOTE}
+)
+
+WRITES = (
+    frozenset(
+        {
+            Method.PUT,
+            Method.DELETE_RANGE,
+            Method.TXN,
+            Method.COMPACT,
+            Method.LEASE_GRANT,
+            Method.LEASE_REVOKE,
+            Method.ALARM,
+        }
+    )
+    | MEMBERSHIP_CHANGES
 )
 
 

@@ -39,7 +39,7 @@ from actors.storage.validate import LEASE_REQUESTS, REQUEST_TYPES, check_message
 
 log = structlog.get_logger()
 
-CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT}
+CLIENT_METHODS = frozenset(int(m) for m in Method) - {Method.LEASE_CHECKPOINT, Method.MEMBER_PUBLISH}
 
 
 TOKEN_RETRY = 0.005  # seconds between retries of requests whose token this member has not applied yet

@@ -445,16 +445,22 @@ class Sim:
         n.dirty = False
         while core.has_ready():
             rd: Ready = core.ready()
+            # a leader may send before its own write (see actors.raft.core): then a crash may come
+            # after the sending and before the write
+            early = rd.role == Role.LEADER and (
+                rd.hard_state is None or rd.hard_state.term == n.last_persisted_term
+            )
+            if early:
+                self._send_all(n, rd)
+                if n.crash_after_persist:
+                    self._crash(n)
+                    return
             self._persist(n, rd)
             if n.crash_after_persist:
                 self._crash(n)
                 return
-            for m in rd.messages:
-                self.stats["msgs"] += 1
-                if m.type == MsgType.SNAP:
-                    self._send_snapshot(n, m)
-                else:
-                    self._send(m)
+            if not early:
+                self._send_all(n, rd)
             self._apply(n, rd)
             core.advance(rd)
             if rd.snapshot is not None:
@@ -462,6 +468,14 @@ class Sim:
             self._observe(n)  # an applied configuration change may commit entries (a smaller quorum)
         if n.id in n.removed and core.role == Role.LEADER:
             self.fail(f"{n.id} leads after applying its own removal")
+
+    def _send_all(self, n: SimNode, rd: Ready) -> None:
+        for m in rd.messages:
+            self.stats["msgs"] += 1
+            if m.type == MsgType.SNAP:
+                self._send_snapshot(n, m)
+            else:
+                self._send(m)
 
     def _install(self, n: SimNode, snap: Snapshot) -> None:
         """The shell installs a snapshot: state machine first, then the log."""

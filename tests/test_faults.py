@@ -26,5 +26,6 @@ def test_fault_run_is_linearizable(tmp_path: Path) -> None:
     print(report.summary())
     print("nemesis schedule:\n" + "\n".join(f"  {f.describe()}" for f in report.schedule))
     assert report.ok, f"history saved in {tmp_path / 'history.json'}\n{report.failure_report()}"
-    assert len(report.schedule) >= 5, report.failure_report()  # the nemesis really ran
+    # the nemesis really ran: 3 faults at least (a loaded 2-core box fits 3-4 into 40 s, a quiet one ~8)
+    assert len(report.schedule) >= 3, report.failure_report()
     assert report.fault_switch_applied > 0, "no member ever applied a partition from its fault file"

@@ -81,20 +81,26 @@ def datas(entries: list[Entry]) -> list[bytes]:
     return [e.data for e in entries if e.type == NORMAL]
 
 
-def test_single_voter_commits_at_once() -> None:
+def test_single_voter_commits_once_its_write_is_durable() -> None:
     log = MemoryLog()
     core = RaftCore(1, [1], log, random.Random(0))
     core.campaign()
     assert core.role == Role.LEADER and core.term == 1
     rd = core.ready()
-    assert rd.hard_state == HardState(1, 1, 1) and rd.must_sync
-    assert [e.type for e in rd.entries] == [EMPTY] and [e.index for e in rd.committed_entries] == [1]
+    assert rd.hard_state == HardState(1, 1, 0) and rd.must_sync
+    assert [e.type for e in rd.entries] == [EMPTY] and rd.committed_entries == []
     log.save(rd.hard_state, rd.entries)
+    core.advance(rd)  # the no-op is durable: now it counts, and commits
+    rd = core.ready()
+    assert rd.hard_state == HardState(1, 1, 1) and [e.index for e in rd.committed_entries] == [1]
     core.advance(rd)
     core.propose([b"a", b"b"])
     rd = core.ready()
-    assert [e.data for e in rd.entries] == [b"a", b"b"]
-    assert [e.data for e in rd.committed_entries] == [b"a", b"b"]  # same Ready: persist, then apply
+    assert [e.data for e in rd.entries] == [b"a", b"b"] and rd.committed_entries == []
+    log.save(rd.hard_state, rd.entries)
+    core.advance(rd)
+    rd = core.ready()
+    assert [e.data for e in rd.committed_entries] == [b"a", b"b"]
     assert rd.messages == [] and rd.hard_state == HardState(1, 1, 3)
     log.save(rd.hard_state, rd.entries)
     core.advance(rd)
@@ -125,7 +131,11 @@ def test_ready_contract() -> None:
     core.advance(rd)
     core.propose([b"x"])
     rd = core.ready()
-    assert rd.hard_state is not None and rd.hard_state.commit == 2
+    assert rd.hard_state is not None and rd.hard_state.commit == 1  # x counts once written
+    log.save(rd.hard_state, rd.entries)
+    core.advance(rd)
+    rd = core.ready()
+    assert rd.hard_state is not None and rd.hard_state.commit == 2 and not rd.must_sync
     log.save(rd.hard_state, rd.entries)
     core.advance(rd)
     core.tick()
@@ -399,9 +409,10 @@ def test_restart_reapplies_from_applied() -> None:
     core = RaftCore(1, [1], log, random.Random(0))
     core.campaign()
     core.propose([b"a", b"b"])
-    rd = core.ready()
-    log.save(rd.hard_state, rd.entries)
-    core.advance(rd)
+    for _ in range(2):  # the write, then the commit it allows
+        rd = core.ready()
+        log.save(rd.hard_state, rd.entries)
+        core.advance(rd)
     again = RaftCore(1, [1], log, random.Random(0), applied=1)
     rd = again.ready()
     assert [e.data for e in rd.committed_entries] == [b"a", b"b"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from certs import Authority, Pair
 from servers import Server, free_port
+from test_tls import AUTH_SETUP
 
 REDIS_CLI = "/usr/bin/redis-cli"
 
@@ -52,15 +53,7 @@ def test_redis_cli_over_tls_and_certificate_users(tmp_path: Path) -> None:
         assert redis_cli(port, ca.ca, other.issue("root"), "GET", "k").stdout.strip() != "v"
         assert node.log_path.read_text().count("tls_handshake_refused") >= 2
         assert redis_cli(port, ca.ca, root, "GET", "k").stdout.strip() == "v"
-        for args in (
-            ("user", "add", "root", "--new-user-password=rootpw"),
-            ("user", "grant-role", "root", "root"),
-            ("role", "add", "app"),
-            ("role", "grant-permission", "app", "readwrite", "/app/", "--prefix=true"),
-            ("user", "add", "svc", "--no-password"),
-            ("user", "grant-role", "svc", "app"),
-            ("auth", "enable"),
-        ):
+        for args in AUTH_SETUP:
             node.etcdctl(*args)
         assert redis_cli(port, ca.ca, svc, "SET", "/app/x", "1").stdout.strip() == "OK"
         assert "NOPERM" in redis_cli(port, ca.ca, svc, "SET", "/other", "1").stdout

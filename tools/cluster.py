@@ -3,13 +3,16 @@
 Each member gets its own data dir and log file under ``--dir`` (default ``data/cluster``) and the
 pid of its supervisor in ``<name>.pid``, so every later command acts on exactly the processes this
 tool started. Member i (1-based) listens for clients on ``i*10000+2379`` (2379 for n1) and for
-peers on ``i*10000+2380``, like ``configs/cluster/``.
+peers on ``i*10000+2380``, like ``configs/cluster/``. ``join n4 [--learner]`` adds a member the
+etcd way: ``etcdctl member add`` through the running members, then starts it with the ``ETCD_*``
+settings that command prints (``initial-cluster-state existing``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +77,42 @@ def start(root: Path, n: int, only: list[str]) -> None:
         print(f"{name}: started, pid {proc.pid}, client 127.0.0.1:{ports(i)[0]}, log {log_path}")
 
 
+def join(root: Path, n: int, name: str, learner: bool) -> None:
+    """``etcdctl member add`` on the cluster of n1..nN, then start ``name`` with what it printed."""
+    i = int(name.lstrip("n"))
+    client, peer = ports(i)
+    endpoints = ",".join(f"127.0.0.1:{ports(j)[0]}" for j in range(1, n + 1))
+    add = [
+        "etcdctl",
+        f"--endpoints={endpoints}",
+        "member",
+        "add",
+        name,
+        f"--peer-urls=http://127.0.0.1:{peer}",
+    ]
+    deadline = time.monotonic() + 30  # a cluster just started may not have elected a leader yet
+    while True:
+        added = subprocess.run([*add, *(["--learner"] if learner else [])], capture_output=True, text=True)
+        if added.returncode == 0 or "no leader" not in added.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    print(added.stdout or added.stderr.splitlines()[-1], end="\n" if added.returncode else "")
+    if added.returncode:
+        raise SystemExit(added.returncode)
+    env = dict(os.environ, **dict(re.findall(r'^(ETCD_\w+)="(.*)"$', added.stdout, re.M)))
+    env.update(
+        ETCD_DATA_DIR=str(root / name),
+        ETCD_LISTEN_CLIENT_URLS=f"http://127.0.0.1:{client}",
+        ETCD_ADVERTISE_CLIENT_URLS=f"http://127.0.0.1:{client}",
+        ETCD_LISTEN_PEER_URLS=f"http://127.0.0.1:{peer}",
+        ETCD_INITIAL_CLUSTER_TOKEN="cairn-local",
+    )
+    log = open(root / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen(cairn_binary(), stdout=log, stderr=log, env=env, start_new_session=True)
+    (root / f"{name}.pid").write_text(str(proc.pid))
+    print(f"{name}: started, pid {proc.pid}, client 127.0.0.1:{client}, log {root / f'{name}.log'}")
+
+
 def signal_members(root: Path, names: list[str], sig: int) -> None:
     for name in names:
         pid = pid_of(root, name)
@@ -94,14 +133,18 @@ def status(root: Path, n: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="tools/cluster", description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["start", "stop", "status", "kill", "pause", "resume"])
+    p.add_argument("command", choices=["start", "stop", "status", "kill", "pause", "resume", "join"])
     p.add_argument("members", nargs="*", help="member names (n1, n2...); default: all")
     p.add_argument("-n", "--size", type=int, default=3)
     p.add_argument("--dir", type=Path, default=REPO / "data" / "cluster")
+    p.add_argument("--learner", action="store_true", help="join: add the member as a learner")
     args = p.parse_args()
     names = args.members or [f"n{i}" for i in range(1, args.size + 1)]
     if args.command == "start":
         start(args.dir, args.size, args.members)
+    elif args.command == "join":
+        for name in args.members:
+            join(args.dir, args.size, name, args.learner)
     elif args.command == "status":
         status(args.dir, args.size)
     elif args.command == "stop":

@@ -21,14 +21,16 @@ from google.protobuf.message import DecodeError
 from actors import errors
 from actors.auth.backends import CERTIFICATE_PREFIX, BackendChain
 from actors.auth.perms import READ
-from actors.auth.store import IDENTIFIED, AuthStore
+from actors.auth.store import IDENTIFIED, ROOT_MAINTENANCE, AuthStore
 from actors.errors import EtcdError
 from actors.proto import rpc_pb2
 from actors.protocol import AUTHED, Method, encode_authed
 
 # etcd resolves the token of every request it proposes or serializes (an invalid token fails them
 # even when nothing is checked); keep-alives, lease lists, status and member lists ignore it.
-TOKEN_CHECKED = IDENTIFIED | {Method.COMPACT, Method.LEASE_GRANT}
+TOKEN_CHECKED = IDENTIFIED | {Method.COMPACT, Method.LEASE_GRANT, Method.ALARM}
+# etcd's Maintenance service hands its auth store's errors back unconverted: "auth: ...", code Unknown
+MAINTENANCE = ROOT_MAINTENANCE | {Method.ALARM}
 
 
 class TokenNotApplied(EtcdError):
@@ -75,7 +77,14 @@ class AuthGate:
         store = self.store
         if method not in TOKEN_CHECKED or (token is None and not store.enabled):
             return method, body
-        user, revision = self._identify(token)
+        try:
+            user, revision = self._identify(token)
+        except TokenNotApplied:
+            raise
+        except EtcdError as e:
+            if method in MAINTENANCE:
+                raise errors.maintenance_auth_error(e) from None
+            raise
         if store.enabled and method in IDENTIFIED:
             return method | AUTHED, encode_authed(user, revision, body)
         return method, body

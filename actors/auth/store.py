@@ -66,8 +66,10 @@ CHECKED = frozenset(
         Method.LEASE_TIME_TO_LIVE,
     }
 )
-# Requests that carry who asked once auth is on; Snapshot: root only (checked by the storage actor)
-IDENTIFIED = CHECKED | frozenset(REQUESTS) | {Method.SNAPSHOT}
+# etcd's authMaintenanceServer: only root may, once auth is on (checked by the storage actor)
+ROOT_MAINTENANCE = frozenset({Method.SNAPSHOT, Method.DEFRAGMENT, Method.HASH, Method.HASH_KV})
+# Requests that carry who asked once auth is on
+IDENTIFIED = CHECKED | frozenset(REQUESTS) | ROOT_MAINTENANCE
 
 LeaseKeys = Callable[[int], Iterable[bytes]]
 

@@ -15,9 +15,13 @@ The Ready contract (what makes the core safe without knowing about disks)::
         core.advance(rd)                                             # 4. tell the core
 
 Messages in a Ready may depend on its hard state and entries (a vote grant, an append
-acknowledgement, a leader's append of its own new entries), so nothing is sent before they are
-durable. ``committed_entries`` may include entries of the same Ready's ``entries`` (a single-voter
-leader commits at once); they are applied after step 1, so they are durable. Exactly one Ready is
+acknowledgement), so nothing is sent before they are durable — with one exception: a leader's Ready
+whose hard state keeps the term and vote already on disk may be sent first and written meanwhile
+(etcd does this; raft thesis 10.2.1), because its messages are appends, heartbeats and read
+answers, and the leader counts its own entries towards commit only once ``advance`` says they are
+durable. Leader and followers then write the same entries in parallel. ``committed_entries`` may
+include entries of the same Ready's ``entries`` (committed by followers' acknowledgements); they
+are applied after step 1, so they are durable here too. Exactly one Ready is
 outstanding at a time: call ``advance`` before the next ``ready``, and do not ``step``/``tick``
 in between (the actor loop is single-threaded, so this is natural).
 
@@ -509,7 +513,7 @@ class RaftCore:
             pr.recent_active = True  # a new member must not make CheckQuorum step the leader down at once
             self._prs[m] = pr
         if self._id in self._prs and self._role != Role.LEADER:
-            self._prs[self._id].match = last
+            self._prs[self._id].match = self._log.offset - 1  # what is durable (see advance)
         self._voter_prs = [self._prs[v] for v in self._voters]
         if self._role == Role.LEADER:
             if not self._promotable:
@@ -558,7 +562,7 @@ class RaftCore:
         for v in self._learners:
             self._prs[v] = Progress(last + 1, mi)
         if self._id in self._prs:
-            self._prs[self._id].match = last
+            self._prs[self._id].match = self._log.offset - 1  # what is durable (see advance)
         self._voter_prs = [self._prs[v] for v in self._voters]  # the commit quorum, in _maybe_commit
         self._pending_reads = []
         self._round_ctx = b""
@@ -918,8 +922,10 @@ class RaftCore:
             e.term = term
             e.index = i
         log.append(ents)
-        self._prs[self._id].maybe_update(log.last_index())
-        self._maybe_commit()
+        # The leader's own entries count for commit once they are durable (advance), not now: the
+        # shell may send these appends before its own write finishes (etcd, raft thesis 10.2.1), and
+        # an entry must never be committed on fewer than a quorum of disks.
+        self._prs[self._id].next = log.last_index() + 1
 
     def _maybe_commit(self) -> bool:
         vprs = self._voter_prs
@@ -1285,6 +1291,10 @@ class RaftCore:
         if rd.entries:
             last = rd.entries[-1]
             self._log.stable_to(last.index, last.term)
+            if self._role == Role.LEADER:
+                me = self._prs.get(self._id)
+                if me is not None and me.maybe_update(self._log.offset - 1) and self._maybe_commit():
+                    self._bcast_append()
         if rd.committed_entries:
             self._log.applied = rd.committed_entries[-1].index
         if self._timeout_now_pending and not self._has_unapplied_conf_change():

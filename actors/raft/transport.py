@@ -5,18 +5,23 @@ to the peer's advertised URL. Sends never block: raft tolerates lost messages (i
 peer that is down or slow loses messages instead of stalling the loop (``ZMQ_IMMEDIATE`` keeps
 nothing queued for a peer that is not connected; the high-water mark bounds the rest).
 
-Two kinds of peer frames travel here: raft messages (:mod:`actors.raft.codec`) and proposals a
-follower forwards to the leader (the envelope of :mod:`actors.protocol`, behind its own magic).
-The lease actors use the link too (a follower's keep-alives to the leader's lease clock, and its
-answers): the same envelope behind LEASE_MAGIC, handed to and from the lease actor unopened.
+Peer frames, each kind behind its own magic: raft messages (:mod:`actors.raft.codec`);
+proposals a follower forwards to the leader (the envelope of :mod:`actors.protocol`), and the
+errors the leader answers for those it refuses before proposing (membership changes); the lease
+actors' frames (a follower's keep-alives to the leader's lease clock, and the answers, handed to
+and from the lease actor unopened); a new member's request for the cluster it joins (answered on
+the same connection); the notice a member sends to a member that was removed; snapshot chunks and
+their acknowledgements.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import structlog
@@ -30,6 +35,12 @@ from actors.raft.curve import CurveSettings, ZapHandler, secure_client, secure_s
 log = structlog.get_logger()
 
 FORWARD_MAGIC = b"CRNF"
+RESULT_MAGIC = b"CRNR"  # + pack(Kind.RESULT, records, aux=cluster id): answers to forwarded proposals
+JOIN_MAGIC = b"CRNJ"  # a joining member asks; the answer is JOIN_MAGIC + MemberListResponse
+REMOVED_MAGIC = b"CRNX"  # + cluster id:u64 + member id:u64: "you were removed from this cluster"
+SNAP_CHUNK_MAGIC = b"CRNS"  # + actors.raft.snapsend chunk
+SNAP_ACK_MAGIC = b"CRNA"  # + actors.raft.snapsend acknowledgement
+_IDS = struct.Struct("<QQ")
 LEASE_MAGIC = b"CRNL"  # + sender id:u64 + pack(Kind.LEASE_FORWARD or LEASE_REPLY, records, aux=cluster id)
 LEASE_KINDS = frozenset({Kind.LEASE_FORWARD, Kind.LEASE_REPLY})
 PEER_HWM = 10000
@@ -43,6 +54,20 @@ def zmq_url(url: str) -> str:
     if not parts.hostname or not parts.port:
         raise ValueError(f"peer URL {url!r} has no host:port")
     return f"tcp://{parts.hostname}:{parts.port}"
+
+
+@dataclass(slots=True)
+class Inbound:
+    """What one batch of peer frames brought, by kind."""
+
+    raft: list[Message] = field(default_factory=list)
+    forwarded: list[tuple[int, list[Record]]] = field(default_factory=list)  # (sender, proposals)
+    results: list[Record] = field(default_factory=list)
+    joins: list[bytes] = field(default_factory=list)  # routing ids of joining members asking
+    removed: bool = False  # a member told us we were removed
+    snapshot_chunks: list[tuple[int, bytes]] = field(default_factory=list)  # (sender, chunk)
+    snapshot_acks: list[tuple[int, bytes]] = field(default_factory=list)  # (sender, ack)
+    lease: list[tuple[int, int, list[Record]]] = field(default_factory=list)  # (sender, kind, records)
 
 
 class PeerTransport:
@@ -72,6 +97,7 @@ class PeerTransport:
             self.inbound.bind(zmq_url(url))
         self.ctx = ctx
         self.outbound: dict[int, zmq.Socket] = {}
+        self.retired: dict[int, zmq.Socket] = {}  # links to removed members
         self.urls: dict[int, str] = {}
         # monotonic times per peer, to find CURVE links libzmq gave up on (relink_silent)
         self.sent: dict[int, float] = {}
@@ -132,16 +158,21 @@ class PeerTransport:
         if self.curve is None:
             return
         for peer, url in list(self.urls.items()):
+            if peer not in self.outbound:
+                continue  # retired
             quiet_since = max(self.heard.get(peer, 0.0), self.linked.get(peer, 0.0))
             if self.sent.get(peer, 0.0) > quiet_since and now - quiet_since > RELINK_AFTER:
                 log.debug("peer_relinked", peer=f"{peer:x}", url=url)
                 self.connect(peer, url)
 
-    def disconnect(self, peer: int) -> None:
-        self.urls.pop(peer, None)
+    def retire(self, peer: int) -> None:
+        """A member was removed: no more raft traffic, but keep its link to tell it so if it calls."""
         sock = self.outbound.pop(peer, None)
         if sock is not None:
-            sock.close(linger=0)
+            old = self.retired.pop(peer, None)
+            if old is not None:
+                old.close(linger=0)
+            self.retired[peer] = sock
 
     def _send(self, peer: int, frame: bytes) -> None:
         sock = self.outbound.get(peer)
@@ -176,50 +207,94 @@ class PeerTransport:
         sender = self.member_id.to_bytes(8, "big")
         self._send(peer, LEASE_MAGIC + sender + pack(kind, records, aux=self.cluster_id))
 
-    def receive(
-        self, messages: list[list[bytes]]
-    ) -> tuple[list[Message], list[Record], list[tuple[int, int, list[Record]]]]:
-        """Decode what arrived: raft messages for the core, proposals forwarded by followers, and
-        ``(sender, kind, records)`` for the lease actor."""
-        raft: list[Message] = []
-        forwarded: list[Record] = []
-        lease: list[tuple[int, int, list[Record]]] = []
+    def answer_failed(self, origin: int, results: list[Record]) -> None:
+        """Errors for proposals ``origin`` forwarded and this leader refused before proposing."""
+        self._send(origin, RESULT_MAGIC + pack(Kind.RESULT, results, aux=self.cluster_id))
+
+    def answer_join(self, routing_id: bytes, answer: bytes) -> None:
+        """Answer a joining member on the connection it asked on (it is in no one's table yet)."""
+        try:
+            self.inbound.send_multipart([routing_id, JOIN_MAGIC + answer], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.dropped += 1
+
+    def tell_removed(self, peer: int) -> None:
+        """Tell a removed member (over its retired link) that it is out, so it stops."""
+        sock = self.retired.get(peer)
+        if sock is None:
+            return
+        try:
+            sock.send(REMOVED_MAGIC + _IDS.pack(self.cluster_id, peer), zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+
+    def send_raw(self, peer: int, magic: bytes, payload: bytes) -> bool:
+        """A snapshot chunk or acknowledgement; False when the link is full or missing."""
+        sock = self.outbound.get(peer)
+        if sock is None or peer in self.cut:
+            return False
+        try:
+            sock.send(magic + self.member_id.to_bytes(8, "big") + payload, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+    def receive(self, messages: list[list[bytes]]) -> Inbound:
+        """Decode what arrived; anything malformed or from another cluster is logged and dropped."""
+        got = Inbound()
         for parts in messages:
             frame = parts[-1]
             try:
-                if frame.startswith(LEASE_MAGIC):
-                    start = len(LEASE_MAGIC) + 8
-                    sender = int.from_bytes(frame[len(LEASE_MAGIC) : start], "big")
-                    kind, cluster, records = unpack(frame[start:])
-                    if kind not in LEASE_KINDS or cluster != self.cluster_id:
-                        raise MalformedFrame("lease frame of another kind or cluster")
-                    if sender not in self.cut:
-                        lease.append((sender, kind, records))
-                elif frame.startswith(FORWARD_MAGIC):
-                    start = len(FORWARD_MAGIC) + 8
-                    sender = int.from_bytes(frame[len(FORWARD_MAGIC) : start], "big")
-                    kind, cluster, records = unpack(frame[start:])
-                    if kind != Kind.PROPOSE or cluster != self.cluster_id:
-                        raise MalformedFrame("forwarded proposals from another cluster")
-                    if sender not in self.cut:
-                        forwarded.extend(records)
-                else:
-                    raft.extend(
-                        m
-                        for m in codec.decode(self.cluster_id, frame)
-                        if m.to == self.member_id and m.frm not in self.cut
-                    )
-            except MalformedFrame as e:
+                self._decode(parts[0], frame, got)
+            except (MalformedFrame, struct.error) as e:
                 log.warning("peer_frame_dropped", error=str(e), size=len(frame))
         if self.curve is not None:
             now = time.monotonic()
-            for m in raft:
+            for m in got.raft:
                 self.heard[m.frm] = now
-        return raft, forwarded, lease
+        return got
+
+    def _decode(self, routing_id: bytes, frame: bytes, got: Inbound) -> None:
+        magic = frame[:4]
+        if magic in (FORWARD_MAGIC, LEASE_MAGIC, SNAP_CHUNK_MAGIC, SNAP_ACK_MAGIC):
+            start = len(magic) + 8
+            sender = int.from_bytes(frame[len(magic) : start], "big")
+            if sender in self.cut:
+                return
+            if magic == LEASE_MAGIC:
+                kind, cluster, records = unpack(frame[start:])
+                if kind not in LEASE_KINDS or cluster != self.cluster_id:
+                    raise MalformedFrame("lease frame of another kind or cluster")
+                got.lease.append((sender, kind, records))
+            elif magic == SNAP_CHUNK_MAGIC:
+                got.snapshot_chunks.append((sender, frame[start:]))
+            elif magic == SNAP_ACK_MAGIC:
+                got.snapshot_acks.append((sender, frame[start:]))
+            else:
+                kind, cluster, records = unpack(frame[start:])
+                if kind != Kind.PROPOSE or cluster != self.cluster_id:
+                    raise MalformedFrame("forwarded proposals from another cluster")
+                got.forwarded.append((sender, records))
+        elif magic == RESULT_MAGIC:
+            kind, cluster, records = unpack(frame[4:])
+            if kind != Kind.RESULT or cluster != self.cluster_id:
+                raise MalformedFrame("forwarded results from another cluster")
+            got.results.extend(records)
+        elif magic == JOIN_MAGIC:
+            got.joins.append(routing_id)
+        elif magic == REMOVED_MAGIC:
+            cluster, member = _IDS.unpack_from(frame, 4)
+            if cluster == self.cluster_id and member == self.member_id:
+                got.removed = True
+        else:
+            me, cut = self.member_id, self.cut
+            got.raft.extend(
+                m for m in codec.decode(self.cluster_id, frame) if m.to == me and m.frm not in cut
+            )
 
     def close(self) -> None:
         self.inbound.close(linger=0)
-        for sock in self.outbound.values():
+        for sock in (*self.outbound.values(), *self.retired.values()):
             sock.close(linger=0)
         if self.zap is not None:
             self.zap.close()

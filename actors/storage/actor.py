@@ -18,7 +18,7 @@ import structlog
 import zmq
 
 from actors import errors, metrics
-from actors.auth.store import CHECKED, AuthStore
+from actors.auth.store import CHECKED, ROOT_MAINTENANCE, AuthStore
 from actors.auth.tokens import TokenProvider
 from actors.lease.table import LeaseTable, min_lease_ttl
 from actors.loop import Actor
@@ -39,18 +39,23 @@ from actors.protocol import (
     encode_history,
     pack_blobs,
     unpack,
+    unpack_blobs,
 )
+from actors.raft.confchange import ConfChange
+from actors.raft.members import MemberTable, change_response
 from actors.storage.alarms import AlarmTable, alarm_text
 from actors.storage.backend import APPLIED_INDEX, AUTH, KV, LEASE, META, Backend
 from actors.storage.checkpoint import checkpoints_dir, clear_checkpoints, take_checkpoint, ticket
 from actors.storage.defrag import Defragmenter
 from actors.storage.hashes import hash_backend
+from actors.storage.install import INSTALLED_SNAPSHOT, recover_swap, swap_in
 from actors.storage.mvcc import MvccStore
 from actors.storage.quota import CHARGED
 from actors.storage.validate import parse
 
 log = structlog.get_logger()
 
+MEMBER_PUBLISH_BYTE = bytes((Method.MEMBER_PUBLISH,))  # the method byte of a proposal (decode_proposal)
 FLUSH_POLL = 0.005  # seconds between looks at a memtable flush a snapshot waits for
 FLUSH_WAIT = 2.0  # ... and how long at most (then the checkpoint flushes what is left itself)
 REQUEST_COUNTER = (1 << 48) - 1  # the low bits of a request key; 0 for the lease actor's own proposals
@@ -65,6 +70,8 @@ class StorageSettings:
     key_prefix: int  # request keys issued by this member's session actor carry it
     heartbeat_ms: int = 100
     election_ms: int = 1000
+    initial_members: tuple[rpc_pb2.Member, ...] = ()  # the member table of a new store...
+    replace_members: bool = False  # ...or of a store restored from a backup of another cluster
 
 
 class StorageActor(Actor):
@@ -76,16 +83,16 @@ class StorageActor(Actor):
         self.settings = settings
         path = os.path.join(settings.data_dir, "member", "kv")
         os.makedirs(path, exist_ok=True)
+        recover_swap(path)
         self.backend = Backend(path)
         clear_checkpoints(settings.data_dir)
         self.checkpoints = 0
+        self.install_waiting: Record | None = None  # a raft snapshot install waiting for a defragment
         self.snapshot_waiting: list[int] = []  # Maintenance.Snapshot requests waiting for the flush
         self.snapshot_give_up = 0.0
-        leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
-        self.store = MvccStore(self.backend, leases)
-        self.alarms = AlarmTable(self.backend)
-        self.auth = AuthStore(self.backend, tokens)
-        self.auth.applied_index = self.backend.applied_index
+        self.tokens = tokens
+        self.store = self._open_store()
+        self.members = self._open_members()
         self.inbox = inbox(ctx, self.name)
         self.session = Mailbox(ctx, "session")
         self.raft = Mailbox(ctx, "raft")
@@ -103,6 +110,74 @@ class StorageActor(Actor):
         self._export_sizes()
         self.next_sync = time.monotonic() + 1.0
         log.info("storage_opened", revision=self.store.revision, applied=self.applied)
+
+    def _open_store(self) -> MvccStore:
+        """The MVCC store, the auth store and the alarms on the backend (again after a snapshot install)."""
+        settings = self.settings
+        leases = LeaseTable(self.backend, min_lease_ttl(settings.heartbeat_ms, settings.election_ms))
+        self.auth = AuthStore(self.backend, self.tokens)
+        self.auth.applied_index = self.backend.applied_index
+        self.alarms = AlarmTable(self.backend)
+        return MvccStore(self.backend, leases)
+
+    def _install(self, record: Record) -> None:
+        """Raft snapshot install: the kv DB becomes the leader's checkpoint (unpacked by raft), the
+        indexes are rebuilt from it, and raft hears the member table it brought."""
+        if self.defrag.running:  # its thread works on the backend about to be replaced: after it
+            self.install_waiting = record
+            return
+        _, _, body = record
+        directory, snapshot = unpack_blobs(body)
+        self._commit()
+        before = {event[1] for event in self.store.lease_snapshot()}
+        path = self.backend.path
+        self.backend.close()
+        incoming = Backend(directory.decode())  # tagged before the swap: a restart finishes raft's part
+        incoming.put(META, INSTALLED_SNAPSHOT, snapshot)
+        incoming.commit(incoming.applied_index, sync=True)
+        incoming.close()
+        swap_in(path, directory.decode())
+        self.backend = Backend(path)
+        self.store = self._open_store()
+        self.applied = self.synced = self.backend.applied_index
+        self.members = MemberTable.from_rows(self.backend.scan(META))
+        leases = self.store.lease_snapshot()
+        gone = before - {event[1] for event in leases}
+        self._send_lease_events([("revoke", lease_id) for lease_id in gone] + leases)
+        log.info("snapshot_installed", applied=self.applied, revision=self.store.revision)
+        rows = [part for row in self.members.rows() for part in (row[0], row[1] or b"")]
+        self.raft.put(Kind.SNAPSHOT_INSTALLED, (self.applied, 0, pack_blobs(rows)))
+
+    def _open_members(self) -> MemberTable:
+        """The member table in ``meta``; a new store is seeded with the founding (or joined) members."""
+        table = MemberTable.from_rows(self.backend.scan(META))
+        settings = self.settings
+        if settings.initial_members and (settings.replace_members or not table.members):
+            stale = [(key, None) for key, _ in table.rows()]
+            table = MemberTable(settings.initial_members)
+            self._persist(stale + table.rows())
+            self.backend.commit(self.backend.applied_index, sync=True)
+        return table
+
+    def _persist(self, rows: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in rows:
+            if value is None:
+                self.backend.delete(META, key)
+            else:
+                self.backend.put(META, key, value)
+
+    def _apply_membership(self, index: int, entry_type: int, data: bytes) -> Record | None:
+        """A CONF_CHANGE or MEMBER_PUBLISH entry: the member table changes in this batch; the member
+        whose client asked for a change gets the answer (key 0: nobody waits)."""
+        if entry_type == EntryType.CONF_CHANGE:
+            change = ConfChange.decode(data, index)
+            self._persist(self.members.apply_change(change))
+            key, response = change_response(self.members, change)
+            self._header(response)
+            response.header.revision = 0  # the Cluster service's headers carry no revision in etcd
+            return key, 0, response.SerializeToString()
+        self._persist(self.members.publish(rpc_pb2.Member.FromString(decode_proposal(data)[2])))
+        return None
 
     @property
     def applied_index(self) -> int:
@@ -127,6 +202,8 @@ class StorageActor(Actor):
                 self._commit()
                 for record in records:
                     self._read(record)
+            elif kind == Kind.SNAPSHOT_INSTALL:
+                self._install(*records)
         self._commit()
 
     def _header(self, response: object) -> None:
@@ -145,6 +222,13 @@ class StorageActor(Actor):
                 continue  # replayed after a restart: already in the store
             self.applied = index
             self.uncommitted = True
+            if entry_type == EntryType.CONF_CHANGE or (
+                entry_type == EntryType.NORMAL and data[8:9] == MEMBER_PUBLISH_BYTE
+            ):
+                result = self._apply_membership(index, entry_type, data)
+                if result is not None and result[0] & 0xFFFF_0000_0000_0000 == mine:
+                    results.append(result)
+                continue
             if entry_type != EntryType.NORMAL:
                 continue
             key, method, request = decode_proposal(data)
@@ -231,23 +315,32 @@ class StorageActor(Actor):
             answer = encode_history([], start, compacted=self.store.compact_revision)
         self.watch.put(Kind.RESULT, (read_id, 0, answer))
 
-    def _snapshot_request(self, key: int, method: int, body: bytes) -> None:
-        """Maintenance.Snapshot: root only once auth is on (etcd's IsAdminPermitted); the checkpoint
-        waits for a memtable flush that RocksDB's own threads do (see :meth:`on_time`)."""
-        if method & AUTHED:
-            try:
-                self.auth.check_admin(decode_authed(body)[0])
-            except errors.EtcdError as e:
-                refused = errors.maintenance_auth_error(e)
-                self.session.put(Kind.RESULT, (key, refused.code, refused.message.encode()))
-                return
+    def _admitted(self, key: int, method: int, body: bytes) -> bytes | None:
+        """Snapshot, Defragment, Hash, HashKV: root only once auth is on (etcd's IsAdminPermitted,
+        with the Maintenance service's "auth: ..." errors). The request's body, or None once refused."""
+        if not method & AUTHED:
+            return body
+        user, _, body = decode_authed(body)
+        try:
+            self.auth.check_admin(user)
+        except errors.EtcdError as e:
+            refused = errors.maintenance_auth_error(e)
+            self.session.put(Kind.RESULT, (key, refused.code, refused.message.encode()))
+            return None
+        return body
+
+    def _snapshot_request(self, key: int) -> None:
+        """Maintenance.Snapshot: the checkpoint waits for a memtable flush that RocksDB's own
+        threads do (see :meth:`on_time`)."""
         if not self.snapshot_waiting:
             self.backend.start_flush()
             self.snapshot_give_up = time.monotonic() + FLUSH_WAIT
         self.snapshot_waiting.append(key)
 
-    def _checkpoint(self, key: int) -> None:
-        """Maintenance.Snapshot: a checkpoint of what is applied now, for the frontend to stream."""
+    def _checkpoint(self, key: int, reply: Mailbox | None = None) -> None:
+        """Maintenance.Snapshot: a checkpoint of what is applied now, for the frontend to stream
+        (or for the raft actor to send a follower: ``reply``)."""
+        reply = reply or self.session
         self.checkpoints += 1
         directory = os.path.join(
             checkpoints_dir(self.settings.data_dir), f"{self.applied}-{self.checkpoints}"
@@ -266,9 +359,7 @@ class StorageActor(Actor):
             )
         except Exception as e:  # disk full, permissions: the client gets the reason, the node goes on
             log.error("snapshot_checkpoint_failed", error=str(e))
-            self.session.put(
-                Kind.RESULT, (key, errors.Code.INTERNAL, f"cairn: checkpoint failed: {e}".encode())
-            )
+            reply.put(Kind.RESULT, (key, errors.Code.INTERNAL, f"cairn: checkpoint failed: {e}".encode()))
             return
         log.info(
             "snapshot_checkpoint_taken",
@@ -277,21 +368,29 @@ class StorageActor(Actor):
             path=directory,
             ms=round((time.perf_counter() - start) * 1000, 1),  # the time the core's loop was busy with it
         )
-        self.session.put(Kind.RESULT, (key, 0, ticket(directory, meta)))
+        reply.put(Kind.RESULT, (key, 0, ticket(directory, meta)))
 
     def _read(self, record: Record) -> None:
         key, method, body = record
         if method == Method.WATCH_HISTORY:
             self._history(key, body)
             return
-        if method & ~AUTHED == Method.SNAPSHOT:
-            self._snapshot_request(key, method, body)
+        if method & ~AUTHED in ROOT_MAINTENANCE:
+            admitted = self._admitted(key, method, body)
+            if admitted is None:
+                return
+            method, body = method & ~AUTHED, admitted
+        if method == Method.SNAPSHOT:
+            self._snapshot_request(key)
             return
         if method == Method.DEFRAGMENT:
             log.info(
                 "defragment_requested", db_size=self.backend.size_bytes(), running=bool(self.defrag.running)
             )
             self.defrag.request(key)
+            return
+        if method == Method.RAFT_SNAPSHOT:
+            self._checkpoint(key, self.raft)
             return
         answer = self.session
         try:
@@ -323,6 +422,7 @@ class StorageActor(Actor):
                 response.raftAppliedIndex = self.applied
             elif method == Method.MEMBER_LIST:
                 response = rpc_pb2.MemberListResponse.FromString(body)
+                response.members.extend(self.members.listing())
             elif method == Method.HASH_KV:
                 response = self._hash_kv(body)
             elif method == Method.HASH:
@@ -366,6 +466,9 @@ class StorageActor(Actor):
     def _defragmented(self, report: bytes) -> None:
         """A defragment run finished: answer the requests it served."""
         answered, error = self.defrag.finished(report)
+        if self.install_waiting is not None and not self.defrag.running:
+            record, self.install_waiting = self.install_waiting, None
+            self._install(record)
         size = self._export_sizes()
         log.info("defragment_answered", requests=len(answered), db_size=size, error=error)
         for key in answered:

@@ -54,8 +54,15 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
         "Hash": Method.HASH,
         "HashKV": Method.HASH_KV,
         "Alarm": Method.ALARM,
+        "MoveLeader": Method.MOVE_LEADER,
     },
-    "etcdserverpb.Cluster": {"MemberList": Method.MEMBER_LIST},
+    "etcdserverpb.Cluster": {
+        "MemberList": Method.MEMBER_LIST,
+        "MemberAdd": Method.MEMBER_ADD,
+        "MemberRemove": Method.MEMBER_REMOVE,
+        "MemberUpdate": Method.MEMBER_UPDATE,
+        "MemberPromote": Method.MEMBER_PROMOTE,
+    },
     "etcdserverpb.Auth": AUTH_RPCS,
 }
 
