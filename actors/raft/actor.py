@@ -52,6 +52,7 @@ from actors.raft.core import (
 )
 from actors.raft.curve import CurveSettings
 from actors.raft.durable import DurableLog
+from actors.raft.log import Entry
 from actors.raft.members import MemberTable, etcd_error
 from actors.raft.snapshots import Incoming, Outgoing, parse_ack
 from actors.raft.syncer import LogSyncer
@@ -427,10 +428,24 @@ class RaftActor(Actor):
                 self.sent_early = rd
             self.log.save(rd.hard_state, rd.entries, sync=False)
             if rd.must_sync:
+                # what was committed before this Ready's entries is durable already (the previous
+                # Ready's fsync finished before this one was taken): apply it now, not after this fsync
+                first_new = rd.entries[0].index if rd.entries else None
+                self._commit(
+                    [e for e in rd.committed_entries if first_new is None or e.index < first_new], rd.term
+                )
                 self.syncing = rd
                 self.syncer.request()
                 return False
         return True
+
+    def _commit(self, entries: list[Entry], term: int) -> None:
+        """Hand committed entries to storage, in order and each once."""
+        entries = [e for e in entries if e.index > self.committed]
+        if entries:
+            self._apply_membership(entries)
+            self.storage.extend(Kind.COMMITTED, [(e.index, e.type, e.data) for e in entries], aux=term)
+            self.committed = entries[-1].index
 
     def _finish(self, rd: Ready) -> None:
         """The rest of a Ready, once its entries and hard state are durable."""
@@ -440,12 +455,7 @@ class RaftActor(Actor):
         if rd.term != self.term:
             self._fail_reads(errors.LEADER_CHANGED)
             self.term = rd.term
-        if rd.committed_entries:
-            self._apply_membership(rd.committed_entries)
-            self.storage.extend(
-                Kind.COMMITTED, [(e.index, e.type, e.data) for e in rd.committed_entries], aux=rd.term
-            )
-            self.committed = rd.committed_entries[-1].index
+        self._commit(rd.committed_entries, rd.term)
         for state in rd.read_states:
             reads = self.reads.pop(state.context, None)
             if reads:

@@ -10,6 +10,9 @@ Reads and writes are therefore linearizable and a MULTI block is atomic, in etcd
 
 from __future__ import annotations
 
+import asyncio
+import random
+
 import structlog
 
 from actors.errors import EtcdError
@@ -21,6 +24,7 @@ from plugins.resp.strings import STRING_COMMANDS, Entry, View, command_keys
 log = structlog.get_logger()
 
 MAX_ATTEMPTS = 64  # a key this contended makes the command fail rather than spin forever
+MAX_BACKOFF = 0.05  # seconds: the most a loser waits before reading again
 
 
 class Leases:
@@ -67,7 +71,9 @@ async def execute(
     keys = list(dict.fromkeys(k for args in commands for k in command_keys(args)))
     leases = Leases(store)
     try:
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:  # lost a race: wait a random, growing while, so contenders stop colliding
+                await asyncio.sleep(random.uniform(0, min(MAX_BACKOFF, 0.001 * 2**attempt)))
             kvs = await read(store, list(dict.fromkeys([*keys, *watched])))
             if any((kvs[k].mod_revision if kvs[k] else 0) != rev for k, rev in watched.items()):
                 return NULL_ARRAY
