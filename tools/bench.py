@@ -404,12 +404,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     if server_pids:
-        cpu = cpu1 - cpu0
-        summary["server_pids"] = server_pids
-        summary["server_cpu_s"] = cpu
-        summary["server_cpu_us_per_req"] = cpu / ok * 1e6 if ok else math.nan
-        summary["server_cpu_utilization"] = cpu / elapsed if elapsed > 0 else math.nan
+        summary.update(cpu_fields("server", server_pids, cpu1 - cpu0, ok, elapsed))
     return summary
+
+
+def cpu_fields(name: str, pids: list[int], cpu: float, requests: int, seconds: float) -> dict[str, Any]:
+    """The summary's CPU figures for one group of server processes (``server``, ``leader``)."""
+    return {
+        f"{name}_pids": pids,
+        f"{name}_cpu_s": cpu,
+        f"{name}_cpu_us_per_req": cpu / requests * 1e6 if requests else math.nan,
+        f"{name}_cpu_utilization": cpu / seconds if seconds > 0 else math.nan,
+    }
+
+
+def cpu_line(s: dict[str, Any], name: str, per: str) -> str:
+    """The report line for :func:`cpu_fields`' figures; ``per`` names what one request is."""
+    return (
+        f"{name.capitalize()} CPU (pids {','.join(map(str, s[f'{name}_pids']))}): "
+        f"{s[f'{name}_cpu_s']:.2f} s, {s[f'{name}_cpu_us_per_req']:.1f} µs/{per}, "
+        f"{s[f'{name}_cpu_utilization']:.2f} cores busy"
+    )
 
 
 def format_report(s: dict[str, Any]) -> str:
@@ -431,11 +446,7 @@ def format_report(s: dict[str, Any]) -> str:
         *(f"  {p:g}% in {lat[f'p{p:g}']:.3f} ms." for p in PERCENTILES),
     ]
     if "server_cpu_s" in s:
-        lines += [
-            "",
-            f"Server CPU (pids {','.join(map(str, s['server_pids']))}): {s['server_cpu_s']:.2f} s, "
-            f"{s['server_cpu_us_per_req']:.1f} µs/request, {s['server_cpu_utilization']:.2f} cores busy",
-        ]
+        lines += ["", cpu_line(s, "server", "request")]
     if s["error_kinds"]:
         lines += ["", "Errors:", *(f"  {n}\t{k}" for k, n in sorted(s["error_kinds"].items()))]
     return "\n".join(lines)

@@ -270,10 +270,7 @@ def run_lease_keepalive(args: argparse.Namespace) -> dict[str, Any]:
     }
     for name, pids, cpu in (("server", server_pids, cpu1 - cpu0), ("leader", leader_pids, lcpu1 - lcpu0)):
         if pids:
-            summary[f"{name}_pids"] = pids
-            summary[f"{name}_cpu_s"] = cpu
-            summary[f"{name}_cpu_us_per_req"] = cpu / answered * 1e6 if answered else math.nan
-            summary[f"{name}_cpu_utilization"] = cpu / window if window > 0 else math.nan
+            summary.update(bench.cpu_fields(name, pids, cpu, answered, window))
     return summary
 
 
@@ -294,11 +291,7 @@ def format_report(s: dict[str, Any]) -> str:
     ]
     for name in ("server", "leader"):
         if f"{name}_cpu_s" in s:
-            lines.append(
-                f"{name.capitalize()} CPU (pids {','.join(map(str, s[f'{name}_pids']))}): "
-                f"{s[f'{name}_cpu_s']:.2f} s, {s[f'{name}_cpu_us_per_req']:.1f} µs/keep-alive, "
-                f"{s[f'{name}_cpu_utilization']:.2f} cores busy"
-            )
+            lines.append(bench.cpu_line(s, name, "keep-alive"))
     if s["error_kinds"]:
         lines += ["", "Errors:", *(f"  {n}\t{k}" for k, n in sorted(s["error_kinds"].items()))]
     return "\n".join(lines)
