@@ -24,9 +24,11 @@ from actors.errors import EtcdError
 from actors.protocol import AUTH_RPCS, Method
 from node import tls
 from node.api import Client
-from node.config import NodeConfig, split_urls
+from node.config import ConfigError, NodeConfig, split_urls
+from plugins.grpc import health as native_health
 from plugins.grpc.election import ElectionService
 from plugins.grpc.lock import LockService
+from plugins.grpc.native import GrpcProtocol, Kind, Service
 from plugins.grpc.snapshot import snapshot_stream
 
 log = structlog.get_logger()
@@ -238,6 +240,37 @@ def recipe_handlers(client: Client) -> list[grpc.GenericRpcHandler]:
     ]
 
 
+def native_service(client: Client, max_receive: int) -> Service:
+    """Every method of the etcd v3 API (plus v3lock, v3election, health) for the native server."""
+    service = Service(max_receive=max_receive)
+    for name, methods in UNARY_METHODS.items():
+        for method_name, method in methods.items():
+            service.add(name, method_name, Kind.UNARY, forward(client, method))
+    service.add(
+        "etcdserverpb.Lease", "LeaseKeepAlive", Kind.BIDI, forward_stream(client, Method.LEASE_KEEPALIVE)
+    )
+    service.add("etcdserverpb.Maintenance", "Snapshot", Kind.SERVER_STREAM, snapshot_stream(client, token))
+    service.add("etcdserverpb.Watch", "Watch", Kind.BIDI, watch_stream(client))
+    locks, elections = LockService(client), ElectionService(client)
+    service.add("v3lockpb.Lock", "Lock", Kind.UNARY, unary(locks.lock, waits=True))
+    service.add("v3lockpb.Lock", "Unlock", Kind.UNARY, unary(locks.unlock))
+    for name in ("Campaign", "Proclaim", "Leader", "Resign"):
+        service.add(
+            "v3electionpb.Election",
+            name,
+            Kind.UNARY,
+            unary(getattr(elections, name.lower()), name == "Campaign"),
+        )
+    service.add("v3electionpb.Election", "Observe", Kind.SERVER_STREAM, server_stream(elections.observe))
+    service.add("grpc.health.v1.Health", "Check", Kind.UNARY, native_health.check)
+    service.add("grpc.health.v1.Health", "Watch", Kind.SERVER_STREAM, native_health.watch)
+    return service
+
+
+# The service the REST plugin hands HTTP/2 connections of the shared client port to (same process)
+shared_port_service: Service | None = None
+
+
 def shares_client_port(config: NodeConfig) -> bool:
     """Whether the REST plugin owns the client port and splices gRPC connections to this server.
 
@@ -268,22 +301,65 @@ class GrpcFrontend:
 
     def __init__(self, config: NodeConfig, settings: dict) -> None:
         self.config = config
+        self.native = settings.get("server", "native") == "native"
+        if settings.get("server", "native") not in ("native", "grpcio"):
+            raise ConfigError(f"plugins.grpc.server: {settings['server']!r} is not native or grpcio")
         listen = settings.get("listen")
         self.secure: set[str] = set()  # addresses served with TLS
+        self.shared = not listen and shares_client_port(config)
         if listen:
             self.addresses = [listen] if isinstance(listen, str) else list(listen)
-        elif shares_client_port(config):
-            self.addresses = [internal_address(config)]  # TLS ends at the shared port
+        elif self.shared:
+            self.addresses = [] if self.native else [internal_address(config)]  # TLS ends at the shared port
         else:
             urls = split_urls(config.listen_client_urls)
             self.addresses = [f"{h}:{p}" for h, p in config.client_addresses()]
             self.secure = {a for a, url in zip(self.addresses, urls, strict=True) if tls.is_tls_url(url)}
         self.server: grpc.aio.Server | None = None
+        self.service: Service | None = None
+        self.listeners: list[asyncio.AbstractServer] = []
 
     async def start(self, client: Client) -> None:
         global _certificate_users
         _certificate_users = self.config.client_cert_auth
         limit = self.config.max_request_bytes + GRPC_OVERHEAD_BYTES
+        if self.native:
+            await self._start_native(client, limit)
+        else:
+            await self._start_grpcio(client, limit)
+        log.info(
+            "grpc_serving",
+            addresses=self.addresses,
+            tls=sorted(self.secure),
+            native=self.native,
+            shared_port=self.shared,
+        )
+
+    async def _start_native(self, client: Client, limit: int) -> None:
+        global shared_port_service
+        service = self.service = native_service(client, limit)
+        if self.shared:
+            shared_port_service = service
+        context = None
+        if self.secure:
+            context = tls.server_context(self.config)
+            context.set_alpn_protocols(["h2"])
+        loop = asyncio.get_running_loop()
+        for address in self.addresses:
+            host, _, port = address.rpartition(":")
+            secure = address in self.secure
+            listener = await loop.create_server(
+                lambda: GrpcProtocol(service),
+                host.strip("[]") or None,
+                int(port),
+                reuse_address=True,
+                backlog=1024,
+                ssl=context if secure else None,
+                ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT if secure else None,
+            )
+            self.listeners.append(listener)
+
+    async def _start_grpcio(self, client: Client, limit: int) -> None:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -318,8 +394,17 @@ class GrpcFrontend:
                 server.add_insecure_port(address)
         await server.start()
         self.server = server
-        log.info("grpc_serving", addresses=self.addresses, tls=sorted(self.secure))
 
     async def stop(self, grace: float) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        for listener in self.listeners:
+            listener.close()
+        if self.service is not None:
+            for connection in list(self.service.connections):
+                connection.stop()
+            deadline = asyncio.get_running_loop().time() + grace
+            while self.service.connections and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            for connection in list(self.service.connections):
+                connection.close()

@@ -27,6 +27,8 @@ from actors import metrics
 from node import tls
 from node.api import Client
 from node.config import ConfigError, NodeConfig, split_urls
+from plugins.grpc import server as grpc_server
+from plugins.grpc.native import GrpcProtocol, Service
 from plugins.grpc.server import internal_address, shares_client_port
 from plugins.rest.gateway import DEFAULT_VERSION, Gateway
 from plugins.rest.http import HttpConnection, Limits
@@ -106,6 +108,8 @@ class PortProtocol(asyncio.Protocol):
         n = min(len(self.buffer), len(PREFACE))
         if self.buffer[:n] != PREFACE[:n]:
             self._to_http()
+        elif len(self.buffer) >= len(PREFACE) and grpc_server.shared_port_service is not None:
+            self._to_native(grpc_server.shared_port_service)
         elif len(self.buffer) >= len(PREFACE):
             self.done = True
             self.transport.pause_reading()
@@ -119,6 +123,15 @@ class PortProtocol(asyncio.Protocol):
 
     def _to_http(self) -> None:
         protocol = self.frontend.http_protocol()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        protocol.data_received(self.buffer)
+        self.buffer = b""
+
+    def _to_native(self, service: Service) -> None:
+        """The native gRPC server takes the connection over in this process (TLS ended here)."""
+        self.done = True
+        protocol = GrpcProtocol(service)
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         protocol.data_received(self.buffer)
