@@ -233,7 +233,11 @@ class GrpcProtocol(asyncio.Protocol):
         if not self.calls and self.transport is not None:
             self.transport.close()
 
-    def close(self) -> None:
+    def abort(self) -> None:
+        """The end of a graceful stop: the calls still running are cancelled, the socket closed."""
+        for stream_id in list(self.calls):
+            self._cancel(stream_id)
+        self._flush()
         if self.transport is not None:
             self.transport.close()
 

@@ -407,4 +407,5 @@ class GrpcFrontend:
             while self.service.connections and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
             for connection in list(self.service.connections):
-                connection.close()
+                connection.abort()
+            await asyncio.sleep(0.1)  # let cancelled handlers clean up while the core is still there

@@ -257,7 +257,8 @@ async def wait_for_delete(core: Caller, keys: tuple[bytes, ...], start: int) -> 
     async with Watch(core, creates) as watch:
         while True:
             try:
-                response = await asyncio.wait_for(watch.next(), RECHECK_SECONDS)
+                async with asyncio.timeout(RECHECK_SECONDS):  # not wait_for: on 3.11 it can swallow a cancel
+                    response = await watch.next()
             except TimeoutError:
                 return
             if response.canceled:
@@ -302,7 +303,8 @@ async def watch_responses(
         async with Watch(core, [resume]) as watch:
             while True:
                 try:
-                    response = await asyncio.wait_for(watch.next(), RECHECK_SECONDS)
+                    async with asyncio.timeout(RECHECK_SECONDS):
+                        response = await watch.next()
                 except TimeoutError:
                     break
                 if response.canceled:
