@@ -128,7 +128,7 @@ class Connection:
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = DEFAULT_FRAME_SIZE
         self.send_window = DEFAULT_WINDOW  # connection-level, ours to the peer
-        self.receive_window = DEFAULT_WINDOW + (self.limits.connection_window - DEFAULT_WINDOW)
+        self.receive_window = max(self.limits.connection_window, DEFAULT_WINDOW)
         self.receive_unacked = 0
         self.header_block: bytearray | None = None  # a block awaiting CONTINUATION
         self.header_stream = 0
@@ -142,9 +142,8 @@ class Connection:
             MAX_HEADER_LIST_SIZE, self.limits.max_header_list_size,
         )  # fmt: skip
         self.out += frame(SETTINGS, 0, 0, settings)
-        self.out += frame(
-            WINDOW_UPDATE, 0, 0, struct.pack(">I", self.limits.connection_window - DEFAULT_WINDOW)
-        )
+        if self.receive_window > DEFAULT_WINDOW:
+            self.out += frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.receive_window - DEFAULT_WINDOW))
 
     # ---- input
 
