@@ -1,5 +1,5 @@
 """TLS for the client listeners, from etcd's keys: one place that turns the config into the
-server-side contexts every frontend uses (asyncio ``ssl`` for REST and RESP, gRPC credentials).
+server-side contexts every frontend uses (asyncio ``ssl`` for gRPC, REST and RESP).
 
 TLS is per listen URL, as in etcd: ``https://`` URLs get it, ``http://`` ones stay plain. With
 ``client-cert-auth`` a client must present a certificate signed by ``trusted-ca-file``; its
@@ -13,7 +13,6 @@ import os
 import ssl
 from typing import Any
 
-import grpc
 import structlog
 
 from node.certs import self_signed_pair
@@ -72,20 +71,9 @@ def server_context(config: NodeConfig) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_REQUIRED if config.client_cert_auth else ssl.CERT_NONE
     context.sslobject_class = RefusalLoggingSSLObject
     # gRPC clients offer only h2 (C-core insists on getting it); curl offers both and must get
-    # http/1.1, as the shared port sends every HTTP/2 connection to gRPC: the server's order wins
+    # http/1.1, as the shared port takes every HTTP/2 connection for gRPC: the server's order wins
     context.set_alpn_protocols(["http/1.1", "h2"])
     return context
-
-
-def grpc_credentials(config: NodeConfig) -> grpc.ServerCredentials:
-    """gRPC's own TLS, for a gRPC listener that does not sit behind the shared port."""
-    cert, key = certificate_files(config)
-    ca = _read(config.trusted_ca_file, "trusted-ca-file") if config.trusted_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(_read(key, "key-file"), _read(cert, "cert-file"))],
-        root_certificates=ca,
-        require_client_auth=config.client_cert_auth,
-    )
 
 
 def common_name(peercert: dict[str, Any] | None) -> str | None:
@@ -99,32 +87,3 @@ def common_name(peercert: dict[str, Any] | None) -> str | None:
 
 def is_tls_url(url: str) -> bool:
     return url.startswith("https://")
-
-
-class SplicedPeers:
-    """The certificate CNs of TLS connections the shared port splices to the gRPC server.
-
-    The splice ends TLS in the REST frontend, so gRPC sees a unix-socket peer: each splice binds
-    its end of that socket to a unique abstract name, which gRPC reports as the call's peer
-    (``unix-abstract:NAME``), and records the CN under it here (same process, same loop).
-    """
-
-    def __init__(self) -> None:
-        self._names: dict[str, str] = {}
-        self._next = 0
-
-    def add(self, common_name: str) -> str:
-        """Register a connection; returns the abstract socket name to bind (without the NUL)."""
-        self._next += 1
-        name = f"cairn-splice-{os.getpid()}-{self._next}"
-        self._names["unix-abstract:" + name] = common_name
-        return name
-
-    def remove(self, name: str) -> None:
-        self._names.pop("unix-abstract:" + name, None)
-
-    def common_name(self, peer: str) -> str | None:
-        return self._names.get(peer)
-
-
-SPLICED_PEERS = SplicedPeers()

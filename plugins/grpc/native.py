@@ -5,24 +5,24 @@ machine (MEASURED.md section 4), most of the frontend's share of a put, and the 
 This server does only what gRPC over HTTP/2 needs: a unary call is one parse of the request's
 frames, one handler coroutine and one write of precomputed header blocks around the response.
 
-The handlers are the ones in :mod:`plugins.grpc.server` (``(request bytes, context)``); they get a
-:class:`CallContext` with what they use of grpc's ServicerContext. Errors are grpc-go's texts.
+The handlers (:mod:`plugins.grpc.server`) take ``(request bytes, CallContext)``; an EtcdError they
+raise becomes the call's status. Errors of the transport itself are grpc-go's codes and texts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import struct
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import structlog
 
+from actors.errors import Code, EtcdError
 from node import tls
 from plugins.grpc import http2
 from plugins.grpc.hpack import encode
@@ -65,13 +65,6 @@ class Service:
         self.services.add(service)
 
 
-class Abort(Exception):
-    def __init__(self, code: int, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
 def percent_encode(message: str) -> bytes:
     """grpc-message's encoding: printable ASCII except '%' as is, every other byte as %XX."""
     return b"".join(
@@ -81,10 +74,18 @@ def percent_encode(message: str) -> bytes:
 
 def status_block(code: int, message: str, trailers_only: bool) -> bytes:
     headers = [(b":status", b"200"), (b"content-type", b"application/grpc")] if trailers_only else []
-    headers.append((b"grpc-status", str(code).encode()))
+    headers.append((b"grpc-status", str(int(code)).encode()))
     if message:
         headers.append((b"grpc-message", percent_encode(message)))
     return encode(headers)
+
+
+def binary_value(value: bytes) -> bytes:
+    """A ``-bin`` metadata value: base64, padded or not (gRPC sends it unpadded)."""
+    try:
+        return base64.b64decode(value + b"=" * (-len(value) % 4))
+    except ValueError:
+        return b""
 
 
 def parse_timeout(value: bytes) -> float | None:
@@ -97,44 +98,25 @@ def parse_timeout(value: bytes) -> float | None:
 
 
 class CallContext:
-    """The part of grpc.aio.ServicerContext the handlers use."""
+    """What a handler may know of its call: the client's metadata and certificate, and its end."""
 
-    __slots__ = ("_callbacks", "_common_name", "_deadline", "_ended", "_metadata", "_peer")
+    __slots__ = ("_callbacks", "_ended", "common_name", "metadata")
 
-    def __init__(
-        self,
-        metadata: list[tuple[str, str | bytes]],
-        deadline: float | None,
-        peer: str,
-        common_name: str | None,
-    ) -> None:
-        self._metadata = metadata
-        self._deadline = deadline
-        self._peer = peer
-        self._common_name = common_name
+    def __init__(self, metadata: list[tuple[str, str | bytes]], common_name: str | None) -> None:
+        self.metadata = metadata
+        self.common_name = common_name  # of the verified client certificate (TLS), if any
         self._ended = False
         self._callbacks: list[Callable[[CallContext], None]] = []
 
     def invocation_metadata(self) -> list[tuple[str, str | bytes]]:
-        return self._metadata
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        raise Abort(code.value[0], details)
-
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        return self.metadata
 
     def done(self) -> bool:
         return self._ended
 
     def add_done_callback(self, callback: Callable[[CallContext], None]) -> None:
+        """``callback(context)`` when the call ends: answered, cancelled, past its deadline."""
         self._callbacks.append(callback)
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {"x509_common_name": [self._common_name.encode()]} if self._common_name else {}
-
-    def peer(self) -> str:
-        return self._peer
 
     def end(self) -> None:
         if not self._ended:
@@ -148,15 +130,15 @@ class Call:
     """One RPC on one stream."""
 
     __slots__ = (
-        "buffer", "context", "encoded", "headers_sent", "method", "requests", "stream_id", "task",
+        "buffer", "context", "encoding", "headers_sent", "method", "requests", "stream_id", "task",
         "timer", "withheld",
     )  # fmt: skip
 
-    def __init__(self, stream_id: int, method: Method, context: CallContext, encoded: bool) -> None:
+    def __init__(self, stream_id: int, method: Method, context: CallContext, encoding: bytes | None) -> None:
         self.stream_id = stream_id
         self.method = method
         self.context = context
-        self.encoded = encoded  # grpc-encoding names a compression: a compressed message is refused
+        self.encoding = encoding  # grpc-encoding, if it names a compression: compressed messages are refused
         self.buffer = bytearray()
         self.requests: list[bytes] | asyncio.Queue[bytes | None] = (
             asyncio.Queue() if method.kind is Kind.BIDI else []
@@ -320,21 +302,25 @@ class GrpcProtocol(asyncio.Protocol):
                 encoding = value
             elif not name.startswith(b"grpc-"):
                 key = name.decode("latin-1")
-                metadata.append((key, value if key.endswith("-bin") else value.decode("latin-1")))
+                metadata.append(
+                    (key, binary_value(value) if key.endswith("-bin") else value.decode("latin-1"))
+                )
         if not content_type.startswith(b"application/grpc"):
             self.h2.send_headers(stream_id, encode([(b":status", b"415")]), end_stream=True)
             return
         method = self.service.methods.get(path.decode("latin-1"))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        context = CallContext(metadata, deadline, self.peer, self.common_name)
+        context = CallContext(metadata, self.common_name)
         call = Call(
-            stream_id, method or Method(Kind.UNARY, None), context, encoding not in (None, b"identity")
+            stream_id,
+            method or Method(Kind.UNARY, None),
+            context,
+            None if encoding == b"identity" else encoding,
         )
         self.calls[stream_id] = call
         if method is None:
             self._finish(
                 call,
-                grpc.StatusCode.UNIMPLEMENTED.value[0],
+                Code.UNIMPLEMENTED,
                 unknown_method(path.decode("latin-1"), self.service),
             )
             return
@@ -376,16 +362,13 @@ class GrpcProtocol(asyncio.Protocol):
 
     def _message_error(self, call: Call, compressed: int, length: int) -> tuple[int, str] | None:
         if compressed:
-            if not call.encoded:
-                return grpc.StatusCode.INTERNAL.value[
-                    0
-                ], "grpc: compressed flag set with identity or empty encoding"
-            return grpc.StatusCode.UNIMPLEMENTED.value[
-                0
-            ], "grpc: Decompressor is not installed for the grpc-encoding"
+            if call.encoding is None:
+                return Code.INTERNAL, "grpc: compressed flag set with identity or empty encoding"
+            name = call.encoding.decode("latin-1")
+            return Code.UNIMPLEMENTED, f'grpc: Decompressor is not installed for grpc-encoding "{name}"'
         if length > self.service.max_receive:
             return (
-                grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                Code.RESOURCE_EXHAUSTED,
                 f"grpc: received message larger than max ({length} vs. {self.service.max_receive})",
             )
         return None
@@ -394,7 +377,7 @@ class GrpcProtocol(asyncio.Protocol):
         if call.stream_id not in self.calls:
             return
         if call.buffer:
-            self._fail(call, grpc.StatusCode.INTERNAL.value[0], "grpc: the request ended inside a message")
+            self._fail(call, Code.INTERNAL, "grpc: the request ended inside a message")
             return
         if call.method.kind is Kind.BIDI:
             call.requests.put_nowait(None)  # type: ignore[union-attr]
@@ -403,7 +386,7 @@ class GrpcProtocol(asyncio.Protocol):
         if len(requests) != 1:  # type: ignore[arg-type]
             self._finish(
                 call,
-                grpc.StatusCode.INTERNAL.value[0],
+                Code.INTERNAL,
                 f"grpc: {len(requests)} request messages for a unary request",
             )  # type: ignore[arg-type]
             return
@@ -434,20 +417,20 @@ class GrpcProtocol(asyncio.Protocol):
     def _deadline(self, stream_id: int) -> None:
         call = self.calls.get(stream_id)
         if call is not None:
-            self._fail(call, grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
+            self._fail(call, Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     # ---- handlers
 
     async def _run(self, call: Call, body: Awaitable[None]) -> None:
         try:
             await body
-        except Abort as e:
-            self._finish(call, e.code, e.details)
+        except EtcdError as e:
+            self._finish(call, e.code, e.message)
         except asyncio.CancelledError:
-            self._finish(call, grpc.StatusCode.CANCELLED.value[0], "Cancelled")
+            self._finish(call, Code.CANCELLED, "Cancelled")
         except Exception as e:
             log.exception("grpc_handler_failed", method=call.method.handler, error=str(e))
-            self._finish(call, grpc.StatusCode.UNKNOWN.value[0], f"Unexpected {type(e).__name__}: {e}")
+            self._finish(call, Code.UNKNOWN, f"Unexpected {type(e).__name__}: {e}")
         else:
             self._finish(call)
 

@@ -1,23 +1,28 @@
-"""The etcd v3 gRPC API on ``listen-client-urls``.
+"""The etcd v3 gRPC API on ``listen-client-urls``, served by this process's own HTTP/2
+(:mod:`plugins.grpc.native`).
 
-Handlers never decode a message: gRPC hands over the request's serialized bytes, they go to the
-core unchanged, and the core's serialized response goes back unchanged (identity serializers).
-That keeps this process's share of a request to gRPC's own cost, which is the largest one on the
-path (≈240 µs of CPU per unary call, MEASURED.md). Errors come back as etcd's status code and
-text, which clients (etcdctl, clientv3) turn into their typed errors.
+Handlers never decode a message: the request's serialized bytes go to the core unchanged, and the
+core's serialized response goes back unchanged. Errors come back as etcd's status code and text
+(an :class:`EtcdError` raised by a handler becomes the call's grpc-status and grpc-message), which
+clients (etcdctl, clientv3) turn into their typed errors.
+
+Why a native server and not grpcio's: a grpc.aio unary call costs 220-290 µs of CPU in grpcio's C
+core and Cython on this machine (MEASURED.md section 4), which alone held single-node put under
+0.4x etcd; the native one costs the frontend ~40 µs (docs/benchmarks.md, "Native gRPC server").
+
+Settings (``plugins: {grpc: {...}}``): ``listen`` (``host:port`` or a list: serve gRPC there
+alone, plain). Without it gRPC shares the client port with the REST gateway (the REST plugin
+hands each HTTP/2 connection over in-process) or, with REST disabled, listens on the client URLs
+itself (TLS with ALPN h2 on ``https://`` ones).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from actors.auth.backends import request_token
 from actors.errors import EtcdError
@@ -25,10 +30,10 @@ from actors.protocol import AUTH_RPCS, Method
 from node import tls
 from node.api import Client
 from node.config import ConfigError, NodeConfig, split_urls
-from plugins.grpc import health as native_health
+from plugins.grpc import health
 from plugins.grpc.election import ElectionService
 from plugins.grpc.lock import LockService
-from plugins.grpc.native import GrpcProtocol, Kind, Service
+from plugins.grpc.native import CallContext, GrpcProtocol, Kind, Service
 from plugins.grpc.snapshot import snapshot_stream
 
 log = structlog.get_logger()
@@ -68,31 +73,26 @@ UNARY_METHODS: dict[str, dict[str, Method]] = {
     "etcdserverpb.Auth": AUTH_RPCS,
 }
 
-Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
-StreamHandler = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
-ServerStreamHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
+Handler = Callable[[bytes, CallContext], Awaitable[bytes]]
+StreamHandler = Callable[[AsyncIterator[bytes], CallContext], AsyncIterator[bytes]]
+ServerStreamHandler = Callable[[bytes, CallContext], AsyncIterator[bytes]]
 
 
 # Set by GrpcFrontend.start under client-cert-auth (one gRPC server per frontend process): then a
 # call without a token acts as its client certificate's CN, as etcd's AuthInfoFromTLS.
 _certificate_users = False
 
+# The service the REST plugin hands HTTP/2 connections of the shared client port to (same process)
+shared_port_service: Service | None = None
 
-def token(context: grpc.aio.ServicerContext) -> str | None:
+
+def token(context: CallContext) -> str | None:
     """The client's auth token: metadata ``token`` (clientv3), or ``authorization`` (as etcd reads);
-    without one, under client-cert-auth, the client certificate's CN (:func:`certificate_token`)."""
-    for key, value in context.invocation_metadata() or ():
+    without one, under client-cert-auth, the verified client certificate's CN."""
+    for key, value in context.invocation_metadata():
         if key in ("token", "authorization"):
             return request_token(value, None) if isinstance(value, str) else None
-    return certificate_token(context) if _certificate_users else None
-
-
-def certificate_token(context: grpc.aio.ServicerContext) -> str | None:
-    """The verified client certificate's CN: from gRPC's own TLS, or the one the shared port's
-    splice recorded for this connection (``node.tls.SplicedPeers``)."""
-    names = context.auth_context().get("x509_common_name")
-    common_name = names[0].decode() if names else tls.SPLICED_PEERS.common_name(context.peer())
-    return request_token(None, common_name)
+    return request_token(None, context.common_name) if _certificate_users else None
 
 
 def forward(client: Client, method: Method) -> Handler:
@@ -100,18 +100,13 @@ def forward(client: Client, method: Method) -> Handler:
 
 
 def unary(call: Callable[[bytes, str | None], Awaitable[bytes]], waits: bool = False) -> Handler:
-    """A unary method answered by ``call(request, auth token)``; its EtcdError becomes etcd's gRPC
-    status and text.
+    """A unary method answered by ``call(request, auth token)``.
     A method that ``waits`` (Lock, Campaign) ends with its RPC (:func:`end_with_rpc`)."""
 
-    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def handler(request: bytes, context: CallContext) -> bytes:
         if waits:
             end_with_rpc(context)
-        try:
-            return await call(request, token(context))
-        except EtcdError as e:
-            await context.abort(grpc.StatusCode[e.code.name], e.message)
-            raise  # unreachable: abort raises
+        return await call(request, token(context))
 
     return handler
 
@@ -119,27 +114,19 @@ def unary(call: Callable[[bytes, str | None], Awaitable[bytes]], waits: bool = F
 def server_stream(call: Callable[[bytes, str | None], AsyncIterator[bytes]]) -> ServerStreamHandler:
     """A server-streaming method (Election.Observe): the responses ``call`` yields, then its error."""
 
-    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def handler(request: bytes, context: CallContext) -> AsyncIterator[bytes]:
         end_with_rpc(context)
-        try:
-            async for response in call(request, token(context)):
-                yield response
-        except EtcdError as e:
-            await context.abort(grpc.StatusCode[e.code.name], e.message)
+        async for response in call(request, token(context)):
+            yield response
 
     return handler
 
 
-def end_with_rpc(context: grpc.aio.ServicerContext) -> None:
-    """Cancel the running handler when its RPC ends or its deadline passes. grpc.aio does not cancel
-    a handler that starts at (or just before) its deadline: such a Lock was seen waiting on for no
-    one, and then granted; a method that waits must not outlive its caller."""
+def end_with_rpc(context: CallContext) -> None:
+    """Cancel the running handler when its RPC ends (the client cancelled, its deadline passed, the
+    connection went): a method that waits must not outlive its caller (a Lock granted to no one)."""
     task = asyncio.current_task()
     assert task is not None
-    remaining = context.time_remaining()
-    if remaining is not None:
-        deadline = asyncio.get_running_loop().call_later(max(remaining, 0.0), task.cancel)
-        task.add_done_callback(lambda _: deadline.cancel())
     if context.done():
         task.cancel()
     else:
@@ -155,9 +142,7 @@ def forward_stream(client: Client, method: Method) -> StreamHandler:
     nor may the stream's rate be one core round trip at a time. An error ends the stream, as etcd's.
     """
 
-    async def handler(
-        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    async def handler(requests: AsyncIterator[bytes], context: CallContext) -> AsyncIterator[bytes]:
         answers: asyncio.Queue[bytes | EtcdError | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         calls: set[asyncio.Task[None]] = set()
@@ -185,7 +170,7 @@ def forward_stream(client: Client, method: Method) -> StreamHandler:
         try:
             while (answer := await answers.get()) is not None:
                 if isinstance(answer, EtcdError):
-                    await context.abort(grpc.StatusCode[answer.code.name], answer.message)
+                    raise answer
                 yield answer
         finally:
             reader.cancel()
@@ -202,9 +187,7 @@ def watch_stream(client: Client) -> StreamHandler:
     cancels or the server stops (clients then reconnect and resume from their last revision).
     """
 
-    async def handler(
-        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    async def handler(requests: AsyncIterator[bytes], context: CallContext) -> AsyncIterator[bytes]:
         stream = client.open_stream(token(context))
 
         async def forward_requests() -> None:
@@ -222,26 +205,8 @@ def watch_stream(client: Client) -> StreamHandler:
     return handler
 
 
-def recipe_handlers(client: Client) -> list[grpc.GenericRpcHandler]:
-    """The v3lock and v3election services, which run here on top of the core's KV, lease and watch."""
-    locks, elections = LockService(client), ElectionService(client)
-    lock = {
-        "Lock": grpc.unary_unary_rpc_method_handler(unary(locks.lock, waits=True)),
-        "Unlock": grpc.unary_unary_rpc_method_handler(unary(locks.unlock)),
-    }
-    election = {
-        name: grpc.unary_unary_rpc_method_handler(unary(getattr(elections, name.lower()), name == "Campaign"))
-        for name in ("Campaign", "Proclaim", "Leader", "Resign")
-    }
-    election["Observe"] = grpc.unary_stream_rpc_method_handler(server_stream(elections.observe))
-    return [
-        grpc.method_handlers_generic_handler("v3lockpb.Lock", lock),
-        grpc.method_handlers_generic_handler("v3electionpb.Election", election),
-    ]
-
-
-def native_service(client: Client, max_receive: int) -> Service:
-    """Every method of the etcd v3 API (plus v3lock, v3election, health) for the native server."""
+def etcd_service(client: Client, max_receive: int) -> Service:
+    """Every method of the etcd v3 API, v3lock, v3election and grpc.health.v1."""
     service = Service(max_receive=max_receive)
     for name, methods in UNARY_METHODS.items():
         for method_name, method in methods.items():
@@ -251,28 +216,20 @@ def native_service(client: Client, max_receive: int) -> Service:
     )
     service.add("etcdserverpb.Maintenance", "Snapshot", Kind.SERVER_STREAM, snapshot_stream(client, token))
     service.add("etcdserverpb.Watch", "Watch", Kind.BIDI, watch_stream(client))
-    locks, elections = LockService(client), ElectionService(client)
+    locks, elections = LockService(client), ElectionService(client)  # they run here, on the core's KV
     service.add("v3lockpb.Lock", "Lock", Kind.UNARY, unary(locks.lock, waits=True))
     service.add("v3lockpb.Lock", "Unlock", Kind.UNARY, unary(locks.unlock))
     for name in ("Campaign", "Proclaim", "Leader", "Resign"):
-        service.add(
-            "v3electionpb.Election",
-            name,
-            Kind.UNARY,
-            unary(getattr(elections, name.lower()), name == "Campaign"),
-        )
+        method = unary(getattr(elections, name.lower()), waits=name == "Campaign")
+        service.add("v3electionpb.Election", name, Kind.UNARY, method)
     service.add("v3electionpb.Election", "Observe", Kind.SERVER_STREAM, server_stream(elections.observe))
-    service.add("grpc.health.v1.Health", "Check", Kind.UNARY, native_health.check)
-    service.add("grpc.health.v1.Health", "Watch", Kind.SERVER_STREAM, native_health.watch)
+    service.add("grpc.health.v1.Health", "Check", Kind.UNARY, health.check)
+    service.add("grpc.health.v1.Health", "Watch", Kind.SERVER_STREAM, health.watch)
     return service
 
 
-# The service the REST plugin hands HTTP/2 connections of the shared client port to (same process)
-shared_port_service: Service | None = None
-
-
 def shares_client_port(config: NodeConfig) -> bool:
-    """Whether the REST plugin owns the client port and splices gRPC connections to this server.
+    """Whether the REST plugin owns the client port and hands gRPC connections to this server.
 
     That is etcd's arrangement (gRPC and the JSON gateway on one port): it holds when both plugins
     are enabled and neither was given its own ``listen`` addresses.
@@ -288,124 +245,69 @@ def shares_client_port(config: NodeConfig) -> bool:
     )
 
 
-def internal_address(config: NodeConfig) -> str:
-    """The unix socket gRPC listens on behind a shared client port: in the data dir, or abstract."""
-    path = os.path.join(os.path.abspath(config.data_dir), "grpc.sock")
-    if len(path) < 100:  # sockaddr_un holds ~107 bytes
-        return "unix:" + path
-    return "unix-abstract:cairn-grpc-" + hashlib.sha1(path.encode()).hexdigest()[:16]
-
-
 class GrpcFrontend:
     name = "grpc"
 
     def __init__(self, config: NodeConfig, settings: dict) -> None:
         self.config = config
-        self.native = settings.get("server", "native") == "native"
-        if settings.get("server", "native") not in ("native", "grpcio"):
-            raise ConfigError(f"plugins.grpc.server: {settings['server']!r} is not native or grpcio")
         listen = settings.get("listen")
-        self.secure: set[str] = set()  # addresses served with TLS
-        self.shared = not listen and shares_client_port(config)
+        self.shared = shares_client_port(config)
+        self.addresses: list[tuple[str, int, bool]] = []  # (host, port, TLS?) of our own listeners
         if listen:
-            self.addresses = [listen] if isinstance(listen, str) else list(listen)
-        elif self.shared:
-            self.addresses = [] if self.native else [internal_address(config)]  # TLS ends at the shared port
-        else:
+            for item in [listen] if isinstance(listen, str) else list(listen):
+                host, _, port = str(item).rpartition(":")
+                if not host or not port.isdigit():
+                    raise ConfigError(f"plugins.grpc.listen: {item!r} is not host:port")
+                self.addresses.append((host.strip("[]"), int(port), False))
+        elif not self.shared:
             urls = split_urls(config.listen_client_urls)
-            self.addresses = [f"{h}:{p}" for h, p in config.client_addresses()]
-            self.secure = {a for a, url in zip(self.addresses, urls, strict=True) if tls.is_tls_url(url)}
-        self.server: grpc.aio.Server | None = None
+            self.addresses = [
+                (h, p, tls.is_tls_url(url))
+                for (h, p), url in zip(config.client_addresses(), urls, strict=True)
+            ]
         self.service: Service | None = None
         self.listeners: list[asyncio.AbstractServer] = []
 
     async def start(self, client: Client) -> None:
-        global _certificate_users
+        global _certificate_users, shared_port_service
         _certificate_users = self.config.client_cert_auth
-        limit = self.config.max_request_bytes + GRPC_OVERHEAD_BYTES
-        if self.native:
-            await self._start_native(client, limit)
-        else:
-            await self._start_grpcio(client, limit)
-        log.info(
-            "grpc_serving",
-            addresses=self.addresses,
-            tls=sorted(self.secure),
-            native=self.native,
-            shared_port=self.shared,
-        )
-
-    async def _start_native(self, client: Client, limit: int) -> None:
-        global shared_port_service
-        service = self.service = native_service(client, limit)
+        service = self.service = etcd_service(client, self.config.max_request_bytes + GRPC_OVERHEAD_BYTES)
         if self.shared:
             shared_port_service = service
         context = None
-        if self.secure:
+        if any(secure for _, _, secure in self.addresses):
             context = tls.server_context(self.config)
-            context.set_alpn_protocols(["h2"])
+            context.set_alpn_protocols(["h2"])  # a gRPC-only port: HTTP/2 or nothing
         loop = asyncio.get_running_loop()
-        for address in self.addresses:
-            host, _, port = address.rpartition(":")
-            secure = address in self.secure
+        for host, port, secure in self.addresses:
             listener = await loop.create_server(
                 lambda: GrpcProtocol(service),
-                host.strip("[]") or None,
-                int(port),
+                host,
+                port,
                 reuse_address=True,
                 backlog=1024,
                 ssl=context if secure else None,
                 ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT if secure else None,
             )
             self.listeners.append(listener)
-
-    async def _start_grpcio(self, client: Client, limit: int) -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", 2**31 - 1),
-                ("grpc.so_reuseport", 0),
-            ]
+        log.info(
+            "grpc_serving",
+            addresses=[f"{'https' if s else 'http'}://{h}:{p}" for h, p, s in self.addresses],
+            shared_client_port=self.shared,
         )
-        handlers = []
-        for service, methods in UNARY_METHODS.items():
-            table = {
-                name: grpc.unary_unary_rpc_method_handler(forward(client, method))
-                for name, method in methods.items()
-            }
-            if service == "etcdserverpb.Lease":
-                table["LeaseKeepAlive"] = grpc.stream_stream_rpc_method_handler(
-                    forward_stream(client, Method.LEASE_KEEPALIVE)
-                )
-            if service == "etcdserverpb.Maintenance":
-                table["Snapshot"] = grpc.unary_stream_rpc_method_handler(snapshot_stream(client, token))
-            handlers.append(grpc.method_handlers_generic_handler(service, table))
-        watch = {"Watch": grpc.stream_stream_rpc_method_handler(watch_stream(client))}
-        handlers.append(grpc.method_handlers_generic_handler("etcdserverpb.Watch", watch))
-        handlers.extend(recipe_handlers(client))
-        server.add_generic_rpc_handlers(handlers)
-        checker = health.aio.HealthServicer()
-        await checker.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-        for address in self.addresses:
-            if address in self.secure:
-                server.add_secure_port(address, tls.grpc_credentials(self.config))
-            else:
-                server.add_insecure_port(address)
-        await server.start()
-        self.server = server
 
     async def stop(self, grace: float) -> None:
-        if self.server is not None:
-            await self.server.stop(grace)
+        """GOAWAY to every connection; the calls still running after ``grace`` are cancelled."""
         for listener in self.listeners:
             listener.close()
-        if self.service is not None:
-            for connection in list(self.service.connections):
-                connection.stop()
-            deadline = asyncio.get_running_loop().time() + grace
-            while self.service.connections and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            for connection in list(self.service.connections):
-                connection.abort()
-            await asyncio.sleep(0.1)  # let cancelled handlers clean up while the core is still there
+        if self.service is None:
+            return
+        loop = asyncio.get_running_loop()
+        for connection in list(self.service.connections):
+            connection.stop()
+        deadline = loop.time() + grace
+        while self.service.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.service.connections):
+            connection.abort()
+        await asyncio.sleep(0.1)  # let cancelled handlers clean up while the core is still there

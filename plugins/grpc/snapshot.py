@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-import grpc
-
-from actors.errors import EtcdError
 from node.api import Client
 from node.snapshot_stream import snapshot_chunks
+from plugins.grpc.native import CallContext
 
-SnapshotHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
-TokenOf = Callable[[grpc.aio.ServicerContext], str | None]
+SnapshotHandler = Callable[[bytes, CallContext], AsyncIterator[bytes]]
+TokenOf = Callable[[CallContext], str | None]
 
 
 def snapshot_stream(client: Client, token: TokenOf) -> SnapshotHandler:
-    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in snapshot_chunks(client, request, token(context)):
-                yield chunk
-        except EtcdError as e:  # the core could not take a checkpoint
-            await context.abort(grpc.StatusCode[e.code.name], e.message)
+    """The core's EtcdError (it could not take a checkpoint) ends the stream with etcd's status."""
+
+    def handler(request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        return snapshot_chunks(client, request, token(context))
 
     return handler
