@@ -46,7 +46,9 @@ class Kind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Method:
+class Route:
+    """A method: how it streams, and its handler ``(request or request iterator, CallContext)``."""
+
     kind: Kind
     handler: Callable[..., Any]
 
@@ -55,13 +57,13 @@ class Method:
 class Service:
     """What a connection serves: ``/package.Service/Method`` -> method, and the receive limit."""
 
-    methods: dict[str, Method] = field(default_factory=dict)
+    methods: dict[str, Route] = field(default_factory=dict)
     max_receive: int = 4 * 1024 * 1024
     services: set[str] = field(default_factory=set)
     connections: set[GrpcProtocol] = field(default_factory=set)
 
     def add(self, service: str, name: str, kind: Kind, handler: Callable[..., Any]) -> None:
-        self.methods[f"/{service}/{name}"] = Method(kind, handler)
+        self.methods[f"/{service}/{name}"] = Route(kind, handler)
         self.services.add(service)
 
 
@@ -134,7 +136,7 @@ class Call:
         "timer", "withheld",
     )  # fmt: skip
 
-    def __init__(self, stream_id: int, method: Method, context: CallContext, encoding: bytes | None) -> None:
+    def __init__(self, stream_id: int, method: Route, context: CallContext, encoding: bytes | None) -> None:
         self.stream_id = stream_id
         self.method = method
         self.context = context
@@ -312,7 +314,7 @@ class GrpcProtocol(asyncio.Protocol):
         context = CallContext(metadata, self.common_name)
         call = Call(
             stream_id,
-            method or Method(Kind.UNARY, None),
+            method or Route(Kind.UNARY, None),
             context,
             None if encoding == b"identity" else encoding,
         )
