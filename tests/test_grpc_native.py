@@ -24,20 +24,21 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x7
 
 
-@pytest.fixture(scope="module")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server("etcd", tmp_path_factory.mktemp("native-etcd"))
+def serve(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(kind, tmp_path_factory.mktemp(f"native-{kind}"))
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve("etcd", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def cairn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server("cairn", tmp_path_factory.mktemp("native-cairn"))
-    server.start()
-    yield server
-    server.stop()
+    yield from serve("cairn", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import structlog
 from actors.auth.backends import request_token
 from actors.errors import EtcdError
 from actors.protocol import AUTH_RPCS, Method
-from node import tls
+from node import listeners, tls
 from node.api import Client
 from node.config import ConfigError, NodeConfig, split_urls
 from plugins.grpc import health
@@ -278,23 +278,8 @@ class GrpcFrontend:
         if any(secure for _, _, secure in self.addresses):
             context = tls.server_context(self.config)
             context.set_alpn_protocols(["h2"])  # a gRPC-only port: HTTP/2 or nothing
-        loop = asyncio.get_running_loop()
-        for host, port, secure in self.addresses:
-            listener = await loop.create_server(
-                lambda: GrpcProtocol(service),
-                host,
-                port,
-                reuse_address=True,
-                backlog=1024,
-                ssl=context if secure else None,
-                ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT if secure else None,
-            )
-            self.listeners.append(listener)
-        log.info(
-            "grpc_serving",
-            addresses=[f"{'https' if s else 'http'}://{h}:{p}" for h, p, s in self.addresses],
-            shared_client_port=self.shared,
-        )
+        self.listeners = await listeners.listen(lambda: GrpcProtocol(service), self.addresses, context)
+        log.info("grpc_serving", addresses=listeners.urls(self.addresses), shared_client_port=self.shared)
 
     async def stop(self, grace: float) -> None:
         """GOAWAY to every connection; the calls still running after ``grace`` are cancelled."""

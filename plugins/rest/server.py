@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from actors import metrics
-from node import tls
+from node import listeners, tls
 from node.api import Client
 from node.config import ConfigError, NodeConfig, split_urls
 from plugins.grpc import server as grpc_server
@@ -114,25 +114,10 @@ class RestFrontend:
         self.gateway = Gateway(client, self.config.max_request_bytes, self.health_key)
         self.limits.max_body = self.gateway.max_body
         metrics.frontend().version.labels(DEFAULT_VERSION).set(1)
-        loop = asyncio.get_running_loop()
         factory = (lambda: PortProtocol(self)) if self.shared else self.http_protocol
         context = tls.server_context(self.config) if any(s for _, _, s in self.addresses) else None
-        for host, port, secure in self.addresses:
-            server = await loop.create_server(
-                factory,
-                host,
-                port,
-                reuse_address=True,
-                backlog=1024,
-                ssl=context if secure else None,
-                ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT if secure else None,
-            )
-            self.servers.append(server)
-        log.info(
-            "rest_serving",
-            addresses=[f"{'https' if s else 'http'}://{h}:{p}" for h, p, s in self.addresses],
-            shares_with_grpc=self.shared,
-        )
+        self.servers = await listeners.listen(factory, self.addresses, context)
+        log.info("rest_serving", addresses=listeners.urls(self.addresses), shares_with_grpc=self.shared)
 
     async def stop(self, grace: float) -> None:
         for server in self.servers:
