@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
+
 from actors.errors import Code, EtcdError
 from plugins.grpc.native import CallContext
 
-# HealthCheckRequest{service=1: string} / HealthCheckResponse{status=1: enum, SERVING = 1}
-SERVING = b"\x08\x01"
+SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
 
 
 def _check(request: bytes) -> None:
-    if request[:1] == b"\x0a" and len(request) > 2:  # a non-empty service name
+    try:
+        service = health_pb2.HealthCheckRequest.FromString(request).service
+    except DecodeError as e:
+        raise EtcdError(Code.INTERNAL, f"grpc: error unmarshalling request: {e}") from None
+    if service:
         raise EtcdError(Code.NOT_FOUND, "unknown service")
-    if request and request[:1] != b"\x0a":
-        raise EtcdError(Code.INTERNAL, "grpc: error unmarshalling request")
 
 
 async def check(request: bytes, context: CallContext) -> bytes:
