@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import random
+import struct
 from pathlib import Path
 
 import pytest
+from rocksdict import AccessType, Options, Rdict
 
 from actors.raft.core import RaftCore, Role
 from actors.raft.durable import DurableLog
@@ -175,4 +177,35 @@ def test_single_voter_core_restarts_from_durable_log(tmp_path: Path) -> None:
     again.advance(rd)
     again.campaign()
     assert again.role == Role.LEADER and again.term == 2
+    log.close()
+
+
+def _hard_state_on_disk(path: Path) -> HardState:
+    """What a restart after a crash would read: the DB opened read-only beside the live one."""
+    db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        raw = db.get(b"m:hs")
+    finally:
+        db.close()
+    return HardState(*struct.unpack("<QQQ", raw))
+
+
+def test_commit_only_hard_state_is_written_with_the_next_batch(tmp_path: Path) -> None:
+    path = tmp_path / "raft"
+    log = DurableLog(str(path))
+    log.save(HardState(1, 1, 0), ents(1, 3, 1), sync=True)
+    log.save(HardState(1, 1, 2), [], sync=False)  # the commit index moved, nothing else
+    assert log.initial_state() == HardState(1, 1, 2)
+    assert _hard_state_on_disk(path) == HardState(1, 1, 0)
+    log.save(None, ents(3, 4, 1), sync=False)
+    assert _hard_state_on_disk(path) == HardState(1, 1, 2)
+    log.save(HardState(1, 1, 3), [], sync=False)
+    log.compact(2)  # may drop only committed entries: the commit in memory counts, and is written
+    assert _hard_state_on_disk(path) == HardState(1, 1, 3)
+    log.save(HardState(2, 0, 3), [], sync=False)  # a new term is written at once
+    assert _hard_state_on_disk(path) == HardState(2, 0, 3)
+    log.save(HardState(2, 0, 3), ents(4, 5, 2), sync=False)
+    log.save(HardState(2, 0, 4), [], sync=False)
+    log = reopen(log, path)  # a clean close writes it
+    assert log.initial_state() == HardState(2, 0, 4)
     log.close()

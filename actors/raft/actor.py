@@ -108,7 +108,8 @@ class RaftActor(Actor):
         ):
             gauge.set(value)  # in multiprocess mode a gauge never set is not exported at all
         self.syncer = LogSyncer(ctx, self.log.sync, self.metrics.wal_fsync)
-        self.syncing: Ready | None = None  # the Ready whose fsync is under way
+        self.syncing: Ready | None = None  # the Ready whose fsync is wanted or under way
+        self.sync_wanted = False  # the fsync of ``syncing`` waits for the loop (run_blocking)
         self.sent_early: Ready | None = None  # a leader's Ready whose messages left before its write
         self.members = settings.members.copy()
         self.core = RaftCore(
@@ -158,10 +159,7 @@ class RaftActor(Actor):
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
         if sock is self.syncer.done:
-            rd, self.syncing = self.syncing, None
-            if rd is not None:
-                self._finish(rd)
-            self._drain_ready()
+            self._synced()
             return
         if self.transport.zap is not None and sock is self.transport.zap.socket:
             self.transport.zap.answer(messages)
@@ -435,9 +433,27 @@ class RaftActor(Actor):
                     [e for e in rd.committed_entries if first_new is None or e.index < first_new], rd.term
                 )
                 self.syncing = rd
-                self.syncer.request()
+                self.sync_wanted = True
                 return False
         return True
+
+    def blocking_work(self) -> bool:
+        return self.sync_wanted
+
+    def run_blocking(self, here: bool) -> None:
+        self.sync_wanted = False
+        if here:
+            self.syncer.sync_here()
+            self._synced()
+        else:
+            self.syncer.request()
+
+    def _synced(self) -> None:
+        """The fsync of ``syncing`` has finished: the rest of its Ready, then the next Readys."""
+        rd, self.syncing = self.syncing, None
+        if rd is not None:
+            self._finish(rd)
+        self._drain_ready()
 
     def _commit(self, entries: list[Entry], term: int) -> None:
         """Hand committed entries to storage, in order and each once."""
