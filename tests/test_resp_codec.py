@@ -20,7 +20,6 @@ from plugins.resp.codec import (
     split_inline,
 )
 from plugins.resp.glob import key_range, matches
-from plugins.resp.reads import ranges_txn
 
 MAX_BULK = 1 << 20
 
@@ -173,11 +172,3 @@ def test_glob_key_range() -> None:
     assert key_range(b"*") == (b"\0", b"\0")
     assert key_range(b"exact") == (b"exact", b"")
     assert key_range(b"a\xff*") == (b"a\xff", b"b")
-
-
-def test_hand_written_txn_of_ranges_is_protobufs_own() -> None:
-    from actors.proto import rpc_pb2
-
-    for keys in ([b"a"], [b"x" * 200, b"", b"k" * 70000, bytes(range(256))]):
-        ops = [rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=k)) for k in keys]
-        assert ranges_txn(keys) == rpc_pb2.TxnRequest(success=ops).SerializeToString()

@@ -2,10 +2,10 @@
 
 Each connection parses every command that one read brought and answers them in order with one
 write, so a pipelining client costs one syscall per batch. GETs (what a read load is) are read
-together with the other connections' GETs of the same event-loop turn: ONE core request, a
-read-only Txn of ranges, a single linearizable read at one revision instead of one per key
-(``reads``). Bad bytes get Redis's protocol error and the connection is closed (the stream
-cannot be re-synced); the node itself never notices.
+together with the other connections' GETs of the same event-loop turn: ONE core request
+(``GET_MANY``), a single linearizable read at one revision instead of one per key (``reads``).
+Bad bytes get Redis's protocol error and the connection is closed (the stream cannot be
+re-synced); the node itself never notices.
 
 Settings: ``listen`` (``host:port`` or a list of them), ``enabled``, ``tls`` (true: the listeners
 speak TLS with the node's ``cert-file``/``key-file``/``trusted-ca-file``/``client-cert-auth``, as
@@ -27,7 +27,7 @@ from node.config import ConfigError, NodeConfig
 from plugins.resp.codec import INLINE_MAX, Parser, ProtocolError, Push, ReplyError, bulk, encode
 from plugins.resp.commands import ClientState, Several, Shared, dispatch
 from plugins.resp.keyspace import Subscriptions
-from plugins.resp.reads import TXN_RANGES, ReadBatcher
+from plugins.resp.reads import BATCH_KEYS, ReadBatcher
 from plugins.resp.store import Store, reply_error
 
 log = structlog.get_logger()
@@ -139,7 +139,7 @@ class RespConnection(asyncio.Protocol):
                 return True
             if _is_get(args) and state.multi is None and (state.resp3 or not state.subscriptions.count):
                 j = i + 1
-                while j < n and j - i < TXN_RANGES and _is_get(batch[j]):  # type: ignore[arg-type]
+                while j < n and j - i < BATCH_KEYS and _is_get(batch[j]):  # type: ignore[arg-type]
                     j += 1
                 await self._get_run([a[1] for a in batch[i:j]], out)  # type: ignore[index]
                 i = j
@@ -171,8 +171,15 @@ class RespConnection(asyncio.Protocol):
             error = encode(reply_error(e), self.state.resp3)
             out.extend(error for _ in keys)
             return
-        null = b"_\r\n" if self.state.resp3 else b"$-1\r\n"
-        out.extend(null if value is None else bulk(value) for value in values)
+        resp3 = self.state.resp3
+        null = b"_\r\n" if resp3 else b"$-1\r\n"
+        for value in values:
+            if type(value) is bytes:
+                out.append(bulk(value))
+            elif value is None:
+                out.append(null)
+            else:  # this key's own error (an empty key, one the user may not read)
+                out.append(encode(reply_error(value), resp3))
 
 
 def _is_get(args: list[bytes]) -> bool:
