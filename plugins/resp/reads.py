@@ -28,14 +28,15 @@ class ReadBatcher:
     read is checked against its own user's permissions.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call each time
         # per store: the keys asked this turn, and (future, key count) for each run of them
         self.turn: dict[Store, tuple[list[bytes], list[Waiter]]] = {}
         self._reads: set[asyncio.Task[None]] = set()
 
     def get(self, store: Store, keys: list[bytes]) -> asyncio.Future[list[point_reads.Result]]:
         """Each key's value, None or error (at most BATCH_KEYS keys), read with the turn's other GETs."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if not self.turn:
             loop.call_soon(self._flush)
         future: asyncio.Future[list[point_reads.Result]] = loop.create_future()
@@ -62,7 +63,7 @@ class ReadBatcher:
         self._read(store, keys[start : start + size], group)
 
     def _read(self, store: Store, keys: list[bytes], waiters: list[Waiter]) -> None:
-        task = asyncio.get_running_loop().create_task(self._call(store, keys, waiters))
+        task = self.loop.create_task(self._call(store, keys, waiters))
         self._reads.add(task)
         task.add_done_callback(self._reads.discard)
 

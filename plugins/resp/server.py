@@ -58,6 +58,7 @@ class RespConnection(asyncio.Protocol):
         self.query_limit = 2 * max_bulk + INLINE_MAX
         self.pending: list[list[bytes] | ProtocolError] = []
         self.transport: asyncio.Transport | None = None
+        self.loop = shared.reads.loop
         self.worker: asyncio.Task[None] | None = None
         self.writable = asyncio.Event()
         self.writable.set()
@@ -90,7 +91,7 @@ class RespConnection(asyncio.Protocol):
             self.transport.pause_reading()
             self.reading = False
         if self.worker is None and self.pending:
-            self.worker = asyncio.get_running_loop().create_task(self._work())
+            self.worker = self.loop.create_task(self._work())
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -203,8 +204,8 @@ class RespFrontend:
 
     async def start(self, client: Client) -> None:
         listen = f"{self.addresses[0][0]}:{self.addresses[0][1]}"
-        shared = self.shared = Shared(client, ReadBatcher(), listen)
         loop = asyncio.get_running_loop()
+        shared = self.shared = Shared(client, ReadBatcher(loop), listen)
 
         context = tls.server_context(self.config) if self.tls else None
         certificate_users = self.tls and self.config.client_cert_auth
