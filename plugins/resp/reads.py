@@ -24,14 +24,14 @@ Waiter = tuple[asyncio.Future[list[point_reads.Result]], int]  # a run of GETs: 
 class ReadBatcher:
     """Collects GET runs; answers each with its results (a value, None for a missing key, or an error).
 
-    GETs are merged only with GETs made as the same etcd user (same :class:`Store`), so each
-    read is checked against its own user's permissions.
+    GETs are merged only with GETs sent with the same auth token (every connection that has not
+    authenticated shares None), so each read is checked against its own user's permissions.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call each time
-        # per store: the keys asked this turn, and (future, key count) for each run of them
-        self.turn: dict[Store, tuple[list[bytes], list[Waiter]]] = {}
+        # per token: a store that sends with it, the keys asked this turn, and each run's waiter
+        self.turn: dict[str | None, tuple[Store, list[bytes], list[Waiter]]] = {}
         self._reads: set[asyncio.Task[None]] = set()
 
     def get(self, store: Store, keys: list[bytes]) -> asyncio.Future[list[point_reads.Result]]:
@@ -40,14 +40,14 @@ class ReadBatcher:
         if not self.turn:
             loop.call_soon(self._flush)
         future: asyncio.Future[list[point_reads.Result]] = loop.create_future()
-        pending, waiters = self.turn.setdefault(store, ([], []))
+        _, pending, waiters = self.turn.setdefault(store.token, (store, [], []))
         waiters.append((future, len(keys)))
         pending.extend(keys)
         return future
 
     def _flush(self) -> None:
         turn, self.turn = self.turn, {}
-        for store, (keys, waiters) in turn.items():
+        for store, keys, waiters in turn.values():
             self._flush_store(store, keys, waiters)
 
     def _flush_store(self, store: Store, keys: list[bytes], waiters: list[Waiter]) -> None:
