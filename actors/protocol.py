@@ -88,7 +88,7 @@ class Method(IntEnum):
     HASH = 32  # per member: crc32c of the whole backend
     HASH_KV = 33  # per member: etcd's HashKV of the MVCC rows up to a revision
     ALARM = 34  # a raft entry, GET included (as in etcd)
-    # Auth service (etcd's Auth RPCs), 50-79
+    # Auth service (etcd's Auth RPCs), 50-65
     AUTH_ENABLE = 50
     AUTH_DISABLE = 51
     AUTHENTICATE = 52
@@ -105,6 +105,7 @@ class Method(IntEnum):
     ROLE_DELETE = 63
     ROLE_GRANT_PERMISSION = 64
     ROLE_REVOKE_PERMISSION = 65
+    GET_MANY = 66  # frontends' batched point reads, one linearizable read (actors/point_reads.py)
 
 
 STREAM_METHODS = frozenset({Method.WATCH, Method.WATCH_CLOSE, Method.WATCH_BLOCKED, Method.WATCH_READY})
@@ -129,7 +130,7 @@ WRITES = (
 )
 
 
-AUTH_METHODS = frozenset(m for m in Method if 50 <= m < 80)
+AUTH_METHODS = frozenset(m for m in Method if 50 <= m <= Method.ROLE_REVOKE_PERMISSION)
 
 AUTH_RPCS: dict[str, Method] = {
     "AuthEnable": Method.AUTH_ENABLE,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import structlog
 import zmq
 
-from actors import errors, metrics
+from actors import errors, metrics, point_reads
 from actors.auth.gate import AuthGate, TokenNotApplied
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
@@ -229,6 +229,8 @@ class SessionActor(Actor):
                 parse(MAINTENANCE_REQUESTS[method], body)
             elif method in LEASE_REQUESTS:
                 parse(LEASE_REQUESTS[method], body)
+            elif method == Method.GET_MANY:
+                point_reads.check_request(body)  # then a linearizable read like any other
             proposed = method in WRITES or method in AUTH_METHODS
             if proposed and proposal_size(key, body) > self.limits.max_request_bytes:
                 raise errors.REQUEST_TOO_LARGE.copy()

@@ -357,6 +357,28 @@ def test_pipelined_gets_from_many_connections_get_their_own_values(node: tuple[S
     seed_client.close()
 
 
+def test_pipelined_gets_of_missing_binary_and_empty_keys(r: redis.Redis) -> None:
+    """One batch of GETs: each answers on its own, a bad key (empty) fails only its own GET."""
+    binary = bytes(range(1, 256)) + b"\r\n$3\r\nGET"
+    r.set(binary, b"\x00\r\nvalue\xff")
+    r.set("pr/plain", "p")
+    pipe = r.pipeline(transaction=False)
+    for key in (binary, "pr/none", "", "pr/plain", binary, "pr/none2"):
+        pipe.get(key)
+    replies = pipe.execute(raise_on_error=False)
+    assert replies[:2] == [b"\x00\r\nvalue\xff", None]
+    assert isinstance(replies[2], redis.ResponseError)
+    assert str(replies[2]) == "etcdserver: key is not provided"
+    assert replies[3:] == [b"p", b"\x00\r\nvalue\xff", None]
+
+
+def test_pipeline_mixing_get_and_set_keeps_order_and_reads_its_writes(r: redis.Redis) -> None:
+    pipe = r.pipeline(transaction=False)
+    pipe.set("mix/k", "a").get("mix/k").set("mix/k", "b").set("mix/j", "1").get("mix/k").get("mix/j")
+    pipe.delete("mix/k").get("mix/k").set("mix/k", "c").get("mix/k").incr("mix/j").get("mix/j")
+    assert pipe.execute() == [True, b"a", True, True, b"b", b"1", 1, None, True, b"c", 2, b"2"]
+
+
 def test_ttl_options(node: tuple[Server, int], r: redis.Redis) -> None:
     server = node[0]
 
@@ -434,6 +456,10 @@ def test_auth_with_etcd_users_and_permissions(tmp_path: Path) -> None:
             user.set("other", "1")
         with pytest.raises(redis.ResponseError, match="no permissions"):
             user.get("other")
+        pipe = user.pipeline(transaction=False)  # a denied GET fails alone, not its whole batch
+        replies = pipe.get("u/a").get("other").get("u/b").get("u/a").execute(raise_on_error=False)
+        assert replies[0] == b"2" and replies[2:] == [None, b"2"]
+        assert isinstance(replies[1], redis.ResponseError) and "no permissions" in str(replies[1])
         resp3 = redis.Redis(port=port, protocol=3, username="u", password="upw", socket_timeout=20)
         assert resp3.get("u/a") == b"2"
         for client in (anonymous, user, resp3):

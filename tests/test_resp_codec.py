@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import pytest
 
+from plugins.resp import codec
 from plugins.resp.codec import (
     INLINE_MAX,
     NULL_ARRAY,
@@ -20,7 +22,6 @@ from plugins.resp.codec import (
     split_inline,
 )
 from plugins.resp.glob import key_range, matches
-from plugins.resp.reads import ranges_txn
 
 MAX_BULK = 1 << 20
 
@@ -149,6 +150,41 @@ def test_fuzz_garbage_only_ever_raises_protocol_error() -> None:
             pass
 
 
+def _outcome(data: bytes, rng: random.Random) -> tuple[list[list[bytes]], str | None, int]:
+    """The commands, error and bytes held of ``data`` fed in random chunks."""
+    parser, got = Parser(MAX_BULK), []
+    pos = 0
+    try:
+        while pos < len(data):
+            step = rng.randrange(1, 80)
+            got.extend(parser.feed(data[pos : pos + step]))
+            pos += step
+    except ProtocolError as e:
+        return got + e.commands, str(e), -1
+    return got, None, parser.pending_bytes
+
+
+def test_fuzz_pipelined_gets_parse_as_the_general_path_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-step GET path gives exactly what the general parser gives, bad bytes included."""
+    seed = int(os.environ.get("RESP_FUZZ_SEED", random.randrange(1 << 30)))
+    print(f"RESP_FUZZ_SEED={seed}")
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(500):
+        names = (b"GET", b"get", b"Get", b"gET")
+        commands = (request(rng.choice(names), rng.randbytes(rng.randrange(0, 30))) for _ in range(8))
+        data = bytearray(b"".join(commands))
+        if rng.random() < 0.5:
+            data[rng.randrange(len(data))] = rng.choice(b"*$\r\n0123456789-x")
+        if rng.random() < 0.3:
+            del data[rng.randrange(len(data)) :]
+        cases.append((bytes(data), rng.randrange(1 << 30)))
+    fast = [_outcome(data, random.Random(split)) for data, split in cases]
+    monkeypatch.setattr(codec, "_GET", re.compile(b"(?!)").match)  # the general path only
+    general = [_outcome(data, random.Random(split)) for data, split in cases]
+    assert fast == general, seed
+
+
 @pytest.mark.parametrize(
     ("pattern", "key", "expected"),
     [
@@ -173,11 +209,3 @@ def test_glob_key_range() -> None:
     assert key_range(b"*") == (b"\0", b"\0")
     assert key_range(b"exact") == (b"exact", b"")
     assert key_range(b"a\xff*") == (b"a\xff", b"b")
-
-
-def test_hand_written_txn_of_ranges_is_protobufs_own() -> None:
-    from actors.proto import rpc_pb2
-
-    for keys in ([b"a"], [b"x" * 200, b"", b"k" * 70000, bytes(range(256))]):
-        ops = [rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=k)) for k in keys]
-        assert ranges_txn(keys) == rpc_pb2.TxnRequest(success=ops).SerializeToString()

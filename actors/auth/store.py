@@ -64,6 +64,7 @@ CHECKED = frozenset(
         Method.TXN,
         Method.LEASE_REVOKE,
         Method.LEASE_TIME_TO_LIVE,
+        Method.GET_MANY,  # per key, by the storage actor (one denied key fails only its own read)
     }
 )
 # etcd's authMaintenanceServer: only root may, once auth is on (checked by the storage actor)

@@ -170,6 +170,11 @@ class KeyIndex:
             return None
         return entry[2][-1], entry[0], entry[1]
 
+    def latest_revisions(self, keys: list[bytes]) -> list[bytes | None]:
+        """Each live key's latest revision (None where it does not exist): point reads' first step."""
+        entries = self._entries
+        return [e[2][-1] if (e := entries.get(key)) is not None and e[1] else None for key in keys]
+
     def get(self, key: bytes, at_rev: int) -> bytes | None:
         """The revision holding ``key``'s value at ``at_rev``, or None if it did not exist then."""
         entry = self._entries.get(key)

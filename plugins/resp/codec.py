@@ -12,6 +12,7 @@ Replies are plain Python values (see :func:`encode`); the same value encodes as 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 INLINE_MAX = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE: longest inline command or length line
@@ -84,6 +85,16 @@ class Parser:
         max_bulk = self.max_bulk
         while pos < end:
             if not due:
+                # the commonest command whole in the buffer: a GET, taken in one step; anything
+                # else, or a GET not all here yet, goes the general way below
+                get = _GET(buf, pos)
+                if get is not None:
+                    start = get.end()
+                    stop = start + int(get[2])
+                    if stop + 2 <= end and stop - start <= max_bulk and buf[stop : stop + 2] == b"\r\n":
+                        commands.append([get[1], buf[start:stop]])
+                        pos = stop + 2
+                        continue
                 if buf[pos] != 42:  # not '*': an inline command
                     nl = buf.find(b"\n", pos)
                     if nl < 0:
@@ -138,6 +149,9 @@ class Parser:
     def pending_bytes(self) -> int:
         """Bytes held for a command not yet complete (the server bounds this)."""
         return len(self.buffer) + self.held
+
+
+_GET = re.compile(rb"\*2\r\n\$3\r\n(GET|get|Get)\r\n\$([0-9]{1,20})\r\n").match
 
 
 def _line_end(buf: bytes, pos: int, end: int, what: str) -> int:

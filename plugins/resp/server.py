@@ -2,10 +2,10 @@
 
 Each connection parses every command that one read brought and answers them in order with one
 write, so a pipelining client costs one syscall per batch. GETs (what a read load is) are read
-together with the other connections' GETs of the same event-loop turn: ONE core request, a
-read-only Txn of ranges, a single linearizable read at one revision instead of one per key
-(``reads``). Bad bytes get Redis's protocol error and the connection is closed (the stream
-cannot be re-synced); the node itself never notices.
+together with the other connections' GETs of the same event-loop turn: ONE core request
+(``GET_MANY``), a single linearizable read at one revision instead of one per key (``reads``).
+Bad bytes get Redis's protocol error and the connection is closed (the stream cannot be
+re-synced); the node itself never notices.
 
 Settings: ``listen`` (``host:port`` or a list of them), ``enabled``, ``tls`` (true: the listeners
 speak TLS with the node's ``cert-file``/``key-file``/``trusted-ca-file``/``client-cert-auth``, as
@@ -27,7 +27,7 @@ from node.config import ConfigError, NodeConfig
 from plugins.resp.codec import INLINE_MAX, Parser, ProtocolError, Push, ReplyError, bulk, encode
 from plugins.resp.commands import ClientState, Several, Shared, dispatch
 from plugins.resp.keyspace import Subscriptions
-from plugins.resp.reads import TXN_RANGES, ReadBatcher
+from plugins.resp.reads import BATCH_KEYS, ReadBatcher
 from plugins.resp.store import Store, reply_error
 
 log = structlog.get_logger()
@@ -58,6 +58,7 @@ class RespConnection(asyncio.Protocol):
         self.query_limit = 2 * max_bulk + INLINE_MAX
         self.pending: list[list[bytes] | ProtocolError] = []
         self.transport: asyncio.Transport | None = None
+        self.loop = shared.reads.loop
         self.worker: asyncio.Task[None] | None = None
         self.writable = asyncio.Event()
         self.writable.set()
@@ -90,7 +91,7 @@ class RespConnection(asyncio.Protocol):
             self.transport.pause_reading()
             self.reading = False
         if self.worker is None and self.pending:
-            self.worker = asyncio.get_running_loop().create_task(self._work())
+            self.worker = self.loop.create_task(self._work())
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -139,7 +140,7 @@ class RespConnection(asyncio.Protocol):
                 return True
             if _is_get(args) and state.multi is None and (state.resp3 or not state.subscriptions.count):
                 j = i + 1
-                while j < n and j - i < TXN_RANGES and _is_get(batch[j]):  # type: ignore[arg-type]
+                while j < n and j - i < BATCH_KEYS and _is_get(batch[j]):  # type: ignore[arg-type]
                     j += 1
                 await self._get_run([a[1] for a in batch[i:j]], out)  # type: ignore[index]
                 i = j
@@ -171,8 +172,15 @@ class RespConnection(asyncio.Protocol):
             error = encode(reply_error(e), self.state.resp3)
             out.extend(error for _ in keys)
             return
-        null = b"_\r\n" if self.state.resp3 else b"$-1\r\n"
-        out.extend(null if value is None else bulk(value) for value in values)
+        resp3 = self.state.resp3
+        null = b"_\r\n" if resp3 else b"$-1\r\n"
+        for value in values:
+            if type(value) is bytes:
+                out.append(bulk(value))
+            elif value is None:
+                out.append(null)
+            else:  # this key's own error (an empty key, one the user may not read)
+                out.append(encode(reply_error(value), resp3))
 
 
 def _is_get(args: list[bytes]) -> bool:
@@ -196,8 +204,8 @@ class RespFrontend:
 
     async def start(self, client: Client) -> None:
         listen = f"{self.addresses[0][0]}:{self.addresses[0][1]}"
-        shared = self.shared = Shared(client, ReadBatcher(), listen)
         loop = asyncio.get_running_loop()
+        shared = self.shared = Shared(client, ReadBatcher(loop), listen)
 
         context = tls.server_context(self.config) if self.tls else None
         certificate_users = self.tls and self.config.client_cert_auth
