@@ -15,7 +15,7 @@ import grpc
 
 from actors.errors import EtcdError
 from actors.proto import rpc_pb2, rpc_pb2_grpc
-from tools import cairnctl_native, snapshotctl
+from tools import cairnctl_member, cairnctl_native, snapshotctl
 from tools.nospace import explain_nospace, is_nospace
 
 
@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     channel = grpc.insecure_channel(args.endpoint)
     if args.command == "snapshot":
         return snapshotctl.run(args, channel)
+    if args.command == "member":
+        return cairnctl_member.run(args, channel)
     kv = rpc_pb2_grpc.KVStub(channel)
     timeout = args.timeout
     if args.command == "put":
@@ -156,6 +158,7 @@ def parser() -> argparse.ArgumentParser:
     txn.add_argument("--failure", action="append", default=[])
     sub.add_parser("status", help="the member's raft and storage status")
     snapshotctl.add_parser(sub)
+    cairnctl_member.add_parser(sub)
     cairnctl_native.add_parsers(sub)
     return p
 
