@@ -26,7 +26,8 @@ def check_key(key: str | bytes, what: str) -> bytes:
     raw = key.encode() if isinstance(key, str) else bytes(key)
     raw = raw.strip()
     if len(raw) != KEY_LENGTH:
-        raise ValueError(f"{what}: {raw[:60]!r} is not a 40-character Z85 CURVE key")
+        shown = raw[:60].decode(errors="replace")
+        raise ValueError(f"{what}: {shown!r} is not a 40-character Z85 CURVE key")
     try:
         z85.decode(raw)
     except (ValueError, KeyError, IndexError):
@@ -76,12 +77,15 @@ def key_pair(directory: str, stem: str) -> tuple[bytes, bytes]:
 
 
 def read_public_keys(lines: Iterable[str], what: str) -> set[bytes]:
-    """Keys one a line (``#`` starts a comment, blank lines skipped); ValueError naming the line."""
+    """Keys one a line, each its line's first word (the rest: a comment, say whose key it is);
+    blank lines and lines of a ``#`` not starting a key are skipped (Z85 itself uses ``#``, so a
+    comment is ``# ...``). ValueError naming the line."""
     keys = set()
     for number, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if text:
-            keys.add(check_key(text, f"{what} line {number}"))
+        words = line.split()
+        if not words or (words[0].startswith("#") and len(words[0]) != KEY_LENGTH):
+            continue
+        keys.add(check_key(words[0], f"{what} line {number}"))
     return keys
 
 
@@ -93,11 +97,14 @@ def secure_server(sock: zmq.Socket, domain: bytes, public: bytes, secret: bytes)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
 
 
+def client_options(server_key: bytes, public: bytes, secret: bytes) -> dict[int, bytes]:
+    """The socket options of a CURVE client that talks only to the holder of ``server_key``'s secret."""
+    return {zmq.CURVE_SERVERKEY: server_key, zmq.CURVE_PUBLICKEY: public, zmq.CURVE_SECRETKEY: secret}
+
+
 def secure_client(sock: zmq.Socket, server_key: bytes, public: bytes, secret: bytes) -> None:
-    """Make ``sock`` a CURVE client that talks only to the holder of ``server_key``'s secret."""
-    sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
-    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    for option, value in client_options(server_key, public, secret).items():
+        sock.setsockopt(option, value)
 
 
 class ZapHandler:
