@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import zmq
-from servers import Cluster, Server, free_port
+from servers import Server, free_port
 from test_cluster_membership import wait_for
-from test_curve import public_key, status
+from test_curve import curve_cluster, public_key, status
 
 from actors.curve import read_secret, secure_client
 from actors.raft.transport import JOIN_MAGIC
@@ -63,11 +63,7 @@ def refused(members: list[Server], key: str) -> bool:
 
 @pytest.mark.timeout(240)
 def test_member_added_with_its_curve_key_joins_and_is_refused_after_remove(tmp_path: Path) -> None:
-    cluster = Cluster("cairn", 3, tmp_path)
-    keys = {m.name: public_key(m.data_dir) for m in cluster.members}
-    listed = ",".join(f"{name}={key}" for name, key in keys.items())
-    for m in cluster.members:
-        m.extra_args += ["--peer-curve-public-keys", listed]
+    cluster, _, listed = curve_cluster(tmp_path)
     with cluster:
         n1, n2, n3 = cluster.members
         n1.etcdctl("put", "before", "v0")
