@@ -160,8 +160,10 @@ class Client:
             records, self._token_outbox = self._token_outbox, []
             self._send_frame(pack(Kind.TOKEN_REQUEST, records))
 
+    send_flags = 0  # AsyncClient: zmq.NOBLOCK (a remote server may leave it with no connection)
+
     def _send_frame(self, frame: bytes) -> None:
-        self._sock.send(frame)  # SNDHWM 0: never blocks
+        self._sock.send(frame, self.send_flags)  # SNDHWM 0: never blocks while connected
         # any operation on the socket may consume the FD's edge for input that is waiting
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._loop.call_soon(self._receive)

@@ -8,6 +8,10 @@
     for event in client.watch(b"/config/", prefix=True):
         ...
 
+With ``server_key`` (the node's ``<data-dir>/curve/zmq.pub``) and ``secret_key`` (this client's
+CURVE secret key, whose public key the node allows) the connection is CURVE-encrypted and
+authenticated both ways; a refused handshake shows as the connect timeout's error.
+
 Requests are pipelined: every call made during one event-loop turn leaves in one frame, and
 answers are matched by request id, so many concurrent calls cost little more than one. Responses
 are etcd's own protobuf messages (``actors.proto.rpc_pb2``); errors are
@@ -31,7 +35,7 @@ from typing import Any, TypeVar
 import structlog
 import zmq
 
-from actors import errors
+from actors import curve, errors
 from actors.proto import kv_pb2, rpc_pb2
 from actors.protocol import Kind, Method, Record, pack
 from node import api
@@ -233,7 +237,15 @@ class AsyncClient(api.Client):
     # would only be noise (structlog prints every level unless configured otherwise)
     _log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        timeout: float = 10.0,
+        token: str | None = None,
+        *,
+        server_key: str | bytes | None = None,
+        secret_key: str | bytes | None = None,
+    ) -> None:
         options = {
             zmq.ROUTING_ID: b"cairn-" + os.urandom(10),  # the server keeps our streams on reconnect
             zmq.RECONNECT_IVL: 100,
@@ -241,6 +253,13 @@ class AsyncClient(api.Client):
             zmq.HEARTBEAT_IVL: 1000,  # ZMTP pings find a dead TCP connection
             zmq.HEARTBEAT_TIMEOUT: 5000,
         }
+        self.curve = server_key is not None
+        if (server_key is None) != (secret_key is None):
+            raise ValueError("CURVE needs both server_key and secret_key")
+        if server_key is not None and secret_key is not None:
+            secret = curve.check_key(secret_key, "secret_key")
+            server = curve.check_key(server_key, "server_key")
+            options.update(curve.client_options(server, curve.public_of(secret), secret))
         super().__init__(url, timeout, options=options)
         self._watches: dict[int, Watch] = {}
         self._session: int | None = None
@@ -259,9 +278,10 @@ class AsyncClient(api.Client):
             try:
                 await asyncio.wait_for(self._connected.wait(), self.timeout)
             except TimeoutError:
-                raise errors.EtcdError(
-                    errors.Code.UNAVAILABLE, f"cairn: no answer from {self.url} in {self.timeout:g}s"
-                ) from None
+                text = f"cairn: no answer from {self.url} in {self.timeout:g}s"
+                if self.curve:
+                    text += " (CURVE: is the server key right, and this client's public key allowed?)"
+                raise errors.EtcdError(errors.Code.UNAVAILABLE, text) from None
 
     async def call(self, method: int, request: bytes) -> bytes:
         """Send one request (a serialized etcd message); return the serialized response."""
@@ -286,6 +306,17 @@ class AsyncClient(api.Client):
                     start, size = i, len(record[2]) + 13
             if start < len(records):
                 self._send_frame(pack(kind, records[start:]))
+
+    send_flags = zmq.NOBLOCK
+
+    def _send_frame(self, frame: bytes) -> None:
+        """Never block the loop: a server that refused our CURVE handshake leaves the DEALER with
+        no connection to queue on, where a plain send would wait forever. A frame dropped so is
+        reported by its calls' timeouts (and connect's clear error)."""
+        try:
+            super()._send_frame(frame)
+        except zmq.Again:
+            self._log.warning("zmq_client_frame_dropped", url=self.url, curve=self.curve)
 
     def _on_frame(self, kind: int, aux: int, records: list[Record]) -> None:
         assert self._connected is not None
@@ -508,9 +539,9 @@ def blocking(method: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     return call
 
 
-async def _open(url: str, timeout: float, token: str | None) -> AsyncClient:
+async def _open(url: str, timeout: float, token: str | None, **curve_keys: Any) -> AsyncClient:
     """An :class:`AsyncClient` made on the loop that will run it (its socket belongs there)."""
-    return AsyncClient(url, timeout, token)
+    return AsyncClient(url, timeout, token, **curve_keys)
 
 
 class SyncWatch:
@@ -544,9 +575,23 @@ class SyncWatch:
 class Client:
     """The blocking client: the same methods as :class:`AsyncClient`, each waiting for its answer."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        timeout: float = 10.0,
+        token: str | None = None,
+        *,
+        server_key: str | bytes | None = None,
+        secret_key: str | bytes | None = None,
+    ) -> None:
         self._runner = LoopThread()
-        self._target = self._runner.run(_open(url, timeout, token))
+        try:
+            self._target = self._runner.run(
+                _open(url, timeout, token, server_key=server_key, secret_key=secret_key)
+            )
+        except ValueError:
+            self._runner.stop()
+            raise
 
     connect = blocking(AsyncClient.connect)
     call = blocking(AsyncClient.call)

@@ -42,12 +42,21 @@ def identity_of(config: NodeConfig, ctx: zmq.Context) -> tuple[Identity, bool]:
     if found is not None:
         return found, False
     peers = config.cluster_peers()
+    keys = parse_public_keys(config.peer_curve_public_keys)  # CURVE on the peer links (curve_settings)
     if config.initial_cluster_state == "existing":
         others = [url for name, urls in peers.items() if name != config.name for url in urls]
-        decided = identity.join(ctx, split_urls(config.initial_advertise_peer_urls), others)
+        curve = key_pair(config.data_dir) if keys else None
+        server_keys = {url: keys[name] for name, urls in peers.items() if name in keys for url in urls}
+        own_urls = split_urls(config.initial_advertise_peer_urls)
+        decided = identity.join(ctx, own_urls, others, curve=curve, server_keys=server_keys)
     else:
         ids = config.member_ids()
-        founders = [rpc_pb2.Member(ID=ids[name], name=name, peerURLs=urls) for name, urls in peers.items()]
+        founders = [
+            rpc_pb2.Member(
+                ID=ids[name], name=name, peerURLs=urls, curvePublicKey=keys.get(name, b"").decode()
+            )
+            for name, urls in peers.items()
+        ]
         decided = identity.founding(config.member_id, config.cluster_id, founders)
     identity.save(config.data_dir, decided)
     return decided, True
@@ -65,7 +74,7 @@ def curve_settings(config: NodeConfig) -> CurveSettings | None:
             f"peer-curve-public-keys lists {listed.decode()} for this member ({config.name}), "
             f"but its key in {config.data_dir}/curve is {public.decode()}"
         )
-    ids = config.member_ids()  # the founding members' ids (members added later: not supported)
+    ids = config.member_ids()  # the founding members' ids (members added later: keys in the table)
     return CurveSettings(public, secret, {ids[name]: key for name, key in keys.items() if name in ids})
 
 

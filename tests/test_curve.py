@@ -34,6 +34,16 @@ def status(server: Server) -> rpc_pb2.StatusResponse | None:
             return None
 
 
+def curve_cluster(base: Path) -> tuple[Cluster, dict[str, str], str]:
+    """Three members (not started) that know each other's keys: (cluster, name -> key, the list)."""
+    cluster = Cluster("cairn", 3, base)
+    keys = {m.name: public_key(m.data_dir) for m in cluster.members}
+    listed = ",".join(f"{name}={key}" for name, key in keys.items())
+    for m in cluster.members:
+        m.extra_args += ["--peer-curve-public-keys", listed]
+    return cluster, keys, listed
+
+
 def impostor_of(victim: Server, base: Path, extra: list[str]) -> Server:
     """A process claiming the victim's name and peer address, with its own (fresh) data dir."""
     token = ["--initial-cluster-token", "test-cluster"]
@@ -45,11 +55,7 @@ def impostor_of(victim: Server, base: Path, extra: list[str]) -> Server:
 
 @pytest.mark.timeout(180)
 def test_curve_members_serve_and_impostors_cannot_join_or_disturb(tmp_path: Path) -> None:
-    cluster = Cluster("cairn", 3, tmp_path)
-    keys = {m.name: public_key(m.data_dir) for m in cluster.members}
-    listed = ",".join(f"{name}={key}" for name, key in keys.items())
-    for m in cluster.members:
-        m.extra_args += ["--peer-curve-public-keys", listed]
+    cluster, keys, listed = curve_cluster(tmp_path)
     with cluster:
         n1, n2, n3 = cluster.members
         n1.etcdctl("put", "k", "v0")

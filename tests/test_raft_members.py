@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import zmq
 
 from actors import errors
 from actors.proto import rpc_pb2
@@ -136,3 +137,37 @@ def test_core_refusals_map_to_etcd_texts_and_bad_contexts_are_refused() -> None:
     with pytest.raises(errors.EtcdError) as e:
         founders().conf_change(Method.MEMBER_PROMOTE, b"\xff\xff", 1, CLUSTER, 0)
     assert e.value.code == errors.Code.INVALID_ARGUMENT
+
+
+def test_curve_key_travels_with_the_add_and_leaves_with_the_remove() -> None:
+    table = founders()
+    configured = {1: zmq.curve_keypair()[0], 2: zmq.curve_keypair()[0]}  # n3: no key configured
+    assert table.curve_keys(configured) == configured
+    public = zmq.curve_keypair()[0].decode()
+    body = rpc_pb2.MemberAddRequest(peerURLs=["http://127.0.0.1:2390"], curvePublicKey=public)
+    change = table.conf_change(Method.MEMBER_ADD, body.SerializeToString(), 7, CLUSTER, 0)
+    assert decode_context(change.context)[1].curvePublicKey == public
+    assert table.curve_keys(configured) == configured  # not admitted before the entry applies
+    rows = table.apply_change(change)
+    assert (
+        MemberTable.from_rows([r for r in rows if r[1] is not None]).get(change.node_id).curvePublicKey
+        == public
+    )
+    assert change_response(table, change)[1].member.curvePublicKey == public
+    assert table.curve_keys(configured) == {**configured, change.node_id: public.encode()}
+    remove = request(Method.MEMBER_REMOVE, ID=change.node_id)
+    table.apply_change(table.conf_change(Method.MEMBER_REMOVE, remove, 8, CLUSTER, 0))
+    table.apply_change(
+        table.conf_change(Method.MEMBER_REMOVE, request(Method.MEMBER_REMOVE, ID=1), 9, CLUSTER, 0)
+    )
+    assert table.curve_keys(configured) == {2: configured[2]}  # removed members: refused
+
+
+def test_member_add_with_a_malformed_curve_key_is_refused() -> None:
+    for bad in ("short", "x" * 39 + "~"):
+        body = rpc_pb2.MemberAddRequest(
+            peerURLs=["http://127.0.0.1:2390"], curvePublicKey=bad
+        ).SerializeToString()
+        with pytest.raises(errors.EtcdError, match="curvePublicKey") as info:
+            founders().conf_change(Method.MEMBER_ADD, body, 7, CLUSTER, 0)
+        assert info.value.code == errors.Code.INVALID_ARGUMENT

@@ -15,7 +15,7 @@ import grpc
 
 from actors.errors import EtcdError
 from actors.proto import rpc_pb2, rpc_pb2_grpc
-from tools import cairnctl_native, snapshotctl
+from tools import cairnctl_curve, cairnctl_member, cairnctl_native, snapshotctl
 from tools.nospace import explain_nospace, is_nospace
 
 
@@ -80,9 +80,13 @@ def parse_compare(text: str) -> rpc_pb2.Compare:
 def run(args: argparse.Namespace) -> int:
     if args.command in cairnctl_native.COMMANDS:
         return cairnctl_native.run(args)
+    if args.command == "curve":
+        return cairnctl_curve.run(args)
     channel = grpc.insecure_channel(args.endpoint)
     if args.command == "snapshot":
         return snapshotctl.run(args, channel)
+    if args.command == "member":
+        return cairnctl_member.run(args, channel)
     kv = rpc_pb2_grpc.KVStub(channel)
     timeout = args.timeout
     if args.command == "put":
@@ -137,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default="127.0.0.1:2379", help="host:port of the gRPC API")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     p.add_argument("--zmq", help="URL of the native ZeroMQ port (default tcp://127.0.0.1:2390)")
+    p.add_argument("--curve-server-key", help="the native port's CURVE key (cairnctl curve server-key)")
+    p.add_argument("--curve-secret-key-file", help="this client's CURVE secret key (cairnctl curve keygen)")
     sub = p.add_subparsers(dest="command", required=True)
     put = sub.add_parser("put", help="write a key")
     put.add_argument("key")
@@ -156,6 +162,8 @@ def parser() -> argparse.ArgumentParser:
     txn.add_argument("--failure", action="append", default=[])
     sub.add_parser("status", help="the member's raft and storage status")
     snapshotctl.add_parser(sub)
+    cairnctl_member.add_parser(sub)
+    cairnctl_curve.add_parser(sub)
     cairnctl_native.add_parsers(sub)
     return p
 

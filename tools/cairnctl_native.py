@@ -9,6 +9,7 @@ import sys
 
 import structlog
 
+from actors.curve import read_secret
 from node.client import DEFAULT_URL, Client
 from node.recipes import Queue
 
@@ -40,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),  # cairnctl says what failed
     )
-    with Client(args.zmq or DEFAULT_URL, timeout=args.timeout) as client:
+    secret = None
+    if args.curve_secret_key_file:
+        secret = read_secret(args.curve_secret_key_file)[1]
+    curve_keys = {"server_key": args.curve_server_key, "secret_key": secret}
+    with Client(args.zmq or DEFAULT_URL, timeout=args.timeout, **curve_keys) as client:
         if args.command == "queue":
             return run_queue(Queue(client, args.prefix), args)
         return run_watch(client, args)

@@ -15,7 +15,7 @@ import shutil
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 import zmq
@@ -134,7 +134,7 @@ class RaftActor(Actor):
             settings.member_id,
             settings.listen_peer_urls,
             self.members.peer_urls(),
-            settings.curve,
+            settings.curve and replace(settings.curve, peers=self.members.curve_keys(settings.curve.peers)),
         )
         self.interval = settings.heartbeat_ms / 1000.0
         self.next_tick = time.monotonic() + self.interval
@@ -314,9 +314,15 @@ class RaftActor(Actor):
                 change = ConfChange.from_entry(e)
                 self.core.apply_conf_change(change)
                 self.members.apply_change(change)
+                self._admit_curve_keys()
                 self._relink(change)
             elif e.type == EntryType.NORMAL and len(e.data) > 8 and e.data[8] == Method.MEMBER_PUBLISH:
                 self.members.publish(rpc_pb2.Member.FromString(e.data[9:]))
+
+    def _admit_curve_keys(self) -> None:
+        """CURVE admits the keys of the members in the table now (actors/raft/curve.py)."""
+        if self.settings.curve is not None:
+            self.transport.admit(self.members.curve_keys(self.settings.curve.peers))
 
     def _relink(self, change: ConfChange) -> None:
         """Peer links follow the configuration: connect to new members, drop removed ones."""
@@ -634,6 +640,7 @@ class RaftActor(Actor):
         self.committed = max(self.committed, rd.snapshot.index)
         blobs = unpack_blobs(rows)
         self.members = MemberTable.from_rows(zip(blobs[::2], blobs[1::2], strict=True))
+        self._admit_curve_keys()
         for peer, urls in self.members.peer_urls().items():
             if peer != self.settings.member_id and urls:
                 self.transport.connect(peer, urls[0])

@@ -8,7 +8,9 @@ etcd keeps the member and cluster ids in its WAL metadata; cairn keeps them in
 * ``initial-cluster-state existing`` (a member added with ``etcdctl member add`` starting for the
   first time): it asks the members listed in ``initial-cluster`` for the cluster id and the member
   table over the peer link (:data:`JOIN_MAGIC`), finds itself by its peer URLs, and starts with an
-  empty raft configuration: it learns the real one from the leader's log or snapshot.
+  empty raft configuration: it learns the real one from the leader's log or snapshot. On CURVE
+  peer links it asks with its own key pair, which the members admit once ``member add
+  --curve-public-key`` put it in their table, and checks each member's key from the configuration.
 
 Once the file exists, the ``initial-*`` settings are ignored (as etcd ignores them on a data dir
 that already holds a member).
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
 import structlog
 import zmq
 
+from actors.curve import secure_client
 from actors.proto import rpc_pb2
 from actors.raft.transport import JOIN_MAGIC, zmq_url
 
@@ -89,14 +92,25 @@ def founding(member_id: int, cluster_id: int, members: Sequence[rpc_pb2.Member])
 
 
 def join(
-    ctx: zmq.Context, own_peer_urls: Sequence[str], peer_urls: Sequence[str], timeout: float = 30.0
+    ctx: zmq.Context,
+    own_peer_urls: Sequence[str],
+    peer_urls: Sequence[str],
+    timeout: float = 30.0,
+    curve: tuple[bytes, bytes] | None = None,
+    server_keys: Mapping[str, bytes] | None = None,
 ) -> Identity:
-    """Ask the existing members (their peer URLs) for the cluster; retried until ``timeout``."""
+    """Ask the existing members (their peer URLs) for the cluster; retried until ``timeout``.
+    With ``curve`` (this member's public and secret key) it asks over CURVE, each URL by its
+    member's key in ``server_keys``."""
     deadline = time.monotonic() + timeout
     last = "no member answered"
+    keys = server_keys or {}
+    if curve is not None:
+        peer_urls = [url for url in peer_urls if url in keys]  # a member we cannot authenticate: not asked
+        last += " (on CURVE: was this member added with its --curve-public-key?)"
     while time.monotonic() < deadline:
         for url in peer_urls:
-            answer = _ask(ctx, url)
+            answer = _ask(ctx, url, None if curve is None else (keys[url], *curve))
             if answer is None:
                 continue
             me = next((m for m in answer.members if sorted(m.peerURLs) == sorted(own_peer_urls)), None)
@@ -109,9 +123,14 @@ def join(
     raise JoinError(f"could not join the cluster at {list(peer_urls)}: {last}")
 
 
-def _ask(ctx: zmq.Context, url: str) -> rpc_pb2.MemberListResponse | None:
+def _ask(
+    ctx: zmq.Context, url: str, curve: tuple[bytes, bytes, bytes] | None
+) -> rpc_pb2.MemberListResponse | None:
+    """One member's answer, or None; ``curve``: (its public key, ours, our secret)."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        secure_client(sock, *curve)
     try:
         sock.connect(zmq_url(url))
         sock.send(JOIN_MAGIC)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from google.protobuf.message import DecodeError, Message
 
 from actors import errors
+from actors.curve import check_key
 from actors.proto import rpc_pb2
 from actors.protocol import Method
 from actors.raft.confchange import (
@@ -149,6 +150,16 @@ class MemberTable:
         wanted = sorted(urls)
         return next((m for m in self.members.values() if sorted(m.peerURLs) == wanted), None)
 
+    def curve_keys(self, configured: Mapping[int, bytes]) -> dict[int, bytes]:
+        """The CURVE public key of every current member: the one it was added with, else the one
+        ``peer-curve-public-keys`` gives the founders. A removed member has none (refused)."""
+        keys = {}
+        for member_id, member in self.members.items():
+            key = member.curvePublicKey.encode() or configured.get(member_id)
+            if key:
+                keys[member_id] = key
+        return keys
+
     # -- applying entries ----------------------------------------------------------------------
 
     def apply_change(self, cc: ConfChange) -> list[Row]:
@@ -168,6 +179,7 @@ class MemberTable:
             new.ClearField("peerURLs")
             new.peerURLs.extend(member.peerURLs)
             new.isLearner = t == ConfChangeType.ADD_LEARNER
+            new.curvePublicKey = member.curvePublicKey
             self.members[n] = new
         elif current is None:
             return []
@@ -214,6 +226,8 @@ class MemberTable:
                 elif not self._ready_to_add_voter():
                     raise errors.MEMBER_NOT_ENOUGH_STARTED.copy()
                 member.isLearner = add.isLearner
+                if add.curvePublicKey:
+                    member.curvePublicKey = _curve_key(add.curvePublicKey)
                 ctype = ConfChangeType.ADD_LEARNER if add.isLearner else ConfChangeType.ADD_VOTER
                 return ConfChange(ctype, member.ID, encode_context(key, member))
             if method == Method.MEMBER_REMOVE:
@@ -276,6 +290,13 @@ class MemberTable:
         return sum(1 for m in voters if m.name) + 1 >= (len(voters) + 1) // 2 + 1
 
 
+def _curve_key(key: str) -> str:
+    try:
+        return check_key(key, "curvePublicKey").decode()
+    except ValueError as e:
+        raise errors.EtcdError(errors.Code.INVALID_ARGUMENT, f"cairn: {e}") from None
+
+
 def _clone(member: rpc_pb2.Member) -> rpc_pb2.Member:
     copy = rpc_pb2.Member()
     copy.CopyFrom(member)
@@ -296,6 +317,7 @@ def change_response(table: MemberTable, change: ConfChange) -> tuple[int, Messag
     t = change.type
     if t in (ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER):
         added = rpc_pb2.Member(ID=member.ID, peerURLs=member.peerURLs, isLearner=member.isLearner)
+        added.curvePublicKey = member.curvePublicKey
         return key, rpc_pb2.MemberAddResponse(member=added, members=listing)
     if t == ConfChangeType.REMOVE:
         return key, rpc_pb2.MemberRemoveResponse(members=listing)

@@ -27,10 +27,11 @@ from urllib.parse import urlsplit
 import structlog
 import zmq
 
+from actors.curve import ZapHandler, secure_client, secure_server
 from actors.protocol import Kind, MalformedFrame, Record, pack, unpack
 from actors.raft import codec
 from actors.raft.core import Message
-from actors.raft.curve import CurveSettings, ZapHandler, secure_client, secure_server
+from actors.raft.curve import ZAP_DOMAIN, CurveSettings
 
 log = structlog.get_logger()
 
@@ -84,15 +85,17 @@ class PeerTransport:
         self.member_id = member_id
         self.curve = curve
         self.zap: ZapHandler | None = None
+        self.keys: dict[int, bytes] = {}  # member id -> CURVE public key: who may connect, whom we dial
         if curve is not None:
             # a context of their own: the ZAP handler then guards the peer sockets and nothing else
             ctx = zmq.Context()
-            self.zap = ZapHandler(ctx, set(curve.peers.values()))
+            self.keys = dict(curve.peers)
+            self.zap = ZapHandler(ctx, ZAP_DOMAIN, set(self.keys.values()), "peer_refused")
         self.inbound = ctx.socket(zmq.ROUTER)
         self.inbound.setsockopt(zmq.LINGER, 0)
         self.inbound.setsockopt(zmq.RCVHWM, PEER_HWM)
         if curve is not None:
-            secure_server(self.inbound, curve)
+            secure_server(self.inbound, ZAP_DOMAIN, curve.public, curve.secret)
         for url in listen_urls:
             self.inbound.bind(zmq_url(url))
         self.ctx = ctx
@@ -129,19 +132,25 @@ class PeerTransport:
             log.warning("peer_faults_injected", cut=sorted(f"{p:x}" for p in cut))
         self.cut, self.fault_mtime = cut, mtime
 
+    def admit(self, keys: dict[int, bytes]) -> None:
+        """The members' CURVE keys changed (a member added or removed): admit exactly these."""
+        if self.zap is not None:
+            self.keys = keys
+            self.zap.allowed = set(keys.values())
+
     def connect(self, peer: int, url: str) -> None:
         old = self.outbound.pop(peer, None)
         if old is not None:
             old.close(linger=0)
-        server_key = None if self.curve is None else self.curve.peers.get(peer)
+        server_key = self.keys.get(peer)
         if self.curve is not None and server_key is None:
             log.error("peer_curve_key_unknown", peer=f"{peer:x}", url=url)
-            return  # no key to authenticate it by: no link (add it to peer-curve-public-keys)
+            return  # no key to authenticate it by: no link (member add --curve-public-key)
         self.urls[peer] = url
         self.linked[peer] = time.monotonic()
         sock = self.ctx.socket(zmq.DEALER)
-        if server_key is not None:
-            secure_client(sock, self.curve, server_key)  # type: ignore[arg-type]
+        if self.curve is not None and server_key is not None:
+            secure_client(sock, server_key, self.curve.public, self.curve.secret)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, PEER_HWM)
         sock.setsockopt(zmq.IMMEDIATE, 1)

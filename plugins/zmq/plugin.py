@@ -9,4 +9,4 @@ from plugins.zmq.server import ZmqFrontend
 
 @hookimpl
 def cairn_frontends(config: NodeConfig, settings: dict) -> list[Frontend]:
-    return [ZmqFrontend(settings)]
+    return [ZmqFrontend(settings, config.data_dir)]

@@ -16,7 +16,7 @@ Settings (``plugins: {zmq: {...}}``): ``listen`` (``tcp://host:port`` or ``ipc:/
 ``tcp://127.0.0.1:2390``), ``peer-timeout`` (seconds of silence before a peer's streams are
 dropped, default 10), ``max-frame-bytes`` (larger frames close the connection, default 16 MiB),
 ``max-in-flight`` (unanswered requests per peer, default 10000), ``max-streams`` (watch streams
-per peer, default 1000).
+per peer, default 1000), and CURVE (``curve: true`` and its keys: :mod:`plugins.zmq.curve`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from actors.proto import rpc_pb2
 from actors.protocol import AUTH_RPCS, Kind, MalformedFrame, Method, Record, decode_with_token, pack, unpack
 from node.api import Client, Stream
 from node.config import ConfigError
+from plugins.zmq.curve import ClientGate, client_curve
 
 log = structlog.get_logger()
 
@@ -95,6 +96,7 @@ class Peer:
         "backlog",
         "identity",
         "in_flight",
+        "key",
         "last_seen",
         "pumps",
         "pushes",
@@ -107,8 +109,9 @@ class Peer:
         "writable",
     )
 
-    def __init__(self, identity: bytes, session: int, now: float) -> None:
+    def __init__(self, identity: bytes, session: int, now: float, key: str | None = None) -> None:
         self.identity = identity
+        self.key = key  # the CURVE public key it connected with (None without CURVE)
         self.session = session
         self.last_seen = now
         self.in_flight = 0
@@ -127,8 +130,10 @@ class Peer:
 class ZmqFrontend:
     name = "zmq"
 
-    def __init__(self, settings: dict) -> None:
+    def __init__(self, settings: dict, data_dir: str) -> None:
         self.url = listen_url(settings)
+        self.curve = client_curve(settings, data_dir)
+        self.gate: ClientGate | None = None
         self.peer_timeout = _positive(settings, "peer-timeout", 10.0)
         self.max_frame_bytes = int(_positive(settings, "max-frame-bytes", 16 << 20))
         self.max_in_flight = int(_positive(settings, "max-in-flight", 10000))
@@ -147,7 +152,13 @@ class ZmqFrontend:
         self.client = client
         # a plain socket watched with add_reader, as node.api.Client does: zmq.asyncio's futures
         # would cost more than the relay itself
-        sock = zmq.Context.instance().socket(zmq.ROUTER)
+        if self.curve is not None:
+            # a context of its own: its ZAP handler then guards this socket and nothing else
+            self.gate = ClientGate(zmq.Context(), self.curve)
+            sock = self.gate.zap.socket.context.socket(zmq.ROUTER)
+            self.gate.secure(sock)
+        else:
+            sock = zmq.Context.instance().socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or vanished peer is an error, not a silent drop
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its routing id takes over
@@ -161,10 +172,14 @@ class ZmqFrontend:
             sock.bind(self.url)
         except zmq.ZMQError as e:
             sock.close(linger=0)
+            if self.gate is not None:
+                self.gate.close()
             raise ConfigError(f"plugins.zmq.listen: cannot bind {self.url}: {e}") from None
         self.sock = sock
         self.url = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.loop = loop = asyncio.get_running_loop()
+        if self.gate is not None:
+            self.gate.start(loop)
         loop.add_reader(sock.getsockopt(zmq.FD), self._receive)
         loop.call_soon(self._receive)  # the FD is edge-triggered: take what came before we watched
         self.tasks = [asyncio.create_task(self._sweep())]
@@ -183,6 +198,9 @@ class ZmqFrontend:
             self._forget(identity)
         await asyncio.sleep(0)  # let the client send the streams' closes before it is closed
         self.sock.close(linger=0)
+        if self.gate is not None:
+            self.gate.close()
+            self.gate.zap.socket.context.term()
 
     # -- receiving -----------------------------------------------------------------------------------
     def _receive(self) -> None:
@@ -193,13 +211,17 @@ class ZmqFrontend:
         for _ in range(RECV_BATCH):
             if sock.closed or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
-            self._handle(sock.recv_multipart(zmq.NOBLOCK))
+            if self.gate is None:
+                self._handle(sock.recv_multipart(zmq.NOBLOCK))
+            else:  # the key libzmq attached to the connection (the ZAP reply's user id)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                self._handle([f.bytes for f in frames], frames[-1].get("User-Id"))
         self.loop.call_soon(self._receive)
 
-    def _handle(self, message: list[bytes]) -> None:
+    def _handle(self, message: list[bytes], key: str | None = None) -> None:
         """One peer's message; a bug it triggers is logged and answered, never fatal to the others."""
         try:
-            self._on_message(message)
+            self._on_message(message, key)
         except Exception as e:
             log.exception("zmq_message_failed", peer=message[0].hex(), error=repr(e))
             peer = self.peers.get(message[0])
@@ -208,18 +230,23 @@ class ZmqFrontend:
                     peer, (FRAME_ERROR_ID, errors.Code.INTERNAL, f"cairn: internal error: {e!r}".encode())
                 )
 
-    def _peer(self, identity: bytes, now: float) -> Peer:
+    def _peer(self, identity: bytes, now: float, key: str | None) -> Peer:
         peer = self.peers.get(identity)
+        if peer is not None and peer.key != key:
+            # another CURVE key took this routing id over: it gets a new session, not the streams
+            log.warning("zmq_routing_id_taken_over", peer=identity.hex(), old_key=peer.key, new_key=key)
+            self._forget(identity)
+            peer = None
         if peer is None:
-            peer = self.peers[identity] = Peer(identity, self.next_session, now)
+            peer = self.peers[identity] = Peer(identity, self.next_session, now, key)
             self.next_session = (self.next_session + 2) & ((1 << 64) - 1) or 1
             log.info("zmq_peer_connected", peer=identity.hex(), session=peer.session)
         peer.last_seen = now
         return peer
 
-    def _on_message(self, message: list[bytes]) -> None:
+    def _on_message(self, message: list[bytes], key: str | None) -> None:
         identity = message[0]
-        peer = self._peer(identity, time.monotonic())
+        peer = self._peer(identity, time.monotonic(), key)
         if len(message) != 2:
             log.warning("zmq_frame_malformed", peer=identity.hex(), error="multipart", parts=len(message))
             self._reply(
