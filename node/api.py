@@ -190,6 +190,8 @@ class Client:
             self._send_frame(pack(Kind.TOKEN_REQUEST, records))
 
     def _send_frame(self, frame: bytes) -> None:
+        if self._sock.closed:  # a flush scheduled before close(): nobody is left to answer
+            return
         self._sock.send(frame)  # SNDHWM 0: never blocks
         # any operation on the socket may consume the FD's edge for input that is waiting
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
