@@ -27,6 +27,7 @@ from servers import ETCDCTL_BIN, free_port
 from zmq_servers import ZmqNode
 
 from actors.proto import rpc_pb2
+from node.api import CORE_SILENCE
 from node.client import Client
 
 RESTART_TIMEOUT = 60.0  # seconds for the supervisor's new core to serve, on a loaded machine
@@ -177,7 +178,8 @@ def test_streams_and_calls_survive_a_core_kill(node: tuple[ZmqNode, int]) -> Non
 
         # the python gRPC client and curl see their streams end with UNAVAILABLE
         ended = wait_for_line(python_lines, "error")
-        assert ended[-1] == "error ConnectionFailedError etcdserver: server stopped", ended  # aetcd: UNAVAILABLE
+        # aetcd's exception for UNAVAILABLE
+        assert ended[-1] == "error ConnectionFailedError etcdserver: server stopped", ended
         last = wait_for_line(curl_lines, '"error"')[-1]
         assert json.loads(last) == {
             "error": {
@@ -212,3 +214,49 @@ def _grpc_outcome(channel: grpc.Channel) -> object:
         return grpc_range(channel, b"w/before", timeout=RESTART_TIMEOUT * 2)
     except grpc.RpcError as e:
         return e
+
+
+@pytest.mark.timeout(120)
+def test_streams_end_when_the_core_hangs(node: tuple[ZmqNode, int]) -> None:
+    """A core that stops answering (here SIGSTOP) for longer than CORE_SILENCE: open streams end
+    with UNAVAILABLE rather than wait on it; once it answers again, etcdctl's watch resumed."""
+    zmq_node, _ = node
+    server = zmq_node.server
+    with server.channel() as channel:
+        start = grpc_range(channel, b"h/", timeout=30).header.revision + 1
+    etcdctl = subprocess.Popen(
+        [ETCDCTL_BIN, f"--endpoints={server.endpoint}", "watch", "h/", "--prefix", f"--rev={start}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, ETCDCTL_API="3"),
+    )
+    create = {"create_request": {"key": b64(b"h/"), "range_end": b64(b"h0")}}
+    curl = subprocess.Popen(
+        ["curl", "-sN", "-X", "POST", f"{server.client_url}/v3/watch", "-d", json.dumps(create)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    core = zmq_node.child_pid("node.core")
+    try:
+        etcdctl_lines, curl_lines = lines_of(etcdctl), lines_of(curl)
+        wait_for_line(curl_lines, '"created":true')
+        server.etcdctl("put", "h/before", "v")
+        wait_for_line(etcdctl_lines, "h/before")
+        os.kill(core, signal.SIGSTOP)
+        stopped = time.monotonic()
+        last = wait_for_line(curl_lines, '"error"', timeout=CORE_SILENCE + 30)[-1]
+        assert time.monotonic() - stopped >= CORE_SILENCE - 1  # not before the documented bound
+        assert json.loads(last)["error"]["message"] == "etcdserver: server stopped"
+        assert curl.wait(timeout=30) == 0
+    finally:
+        os.kill(core, signal.SIGCONT)
+    try:
+        put_when_served(zmq_node, "h/after")
+        assert zmq_node.child_pid("node.core") == core  # the same core, answering again
+        assert wait_for_line(etcdctl_lines, "h/after")[-2:] == ["PUT", "h/after"]
+    finally:
+        for process in (etcdctl, curl):
+            if process.poll() is None:
+                process.kill()
+            process.wait()
