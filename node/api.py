@@ -235,7 +235,7 @@ class Client:
         """
         calls, self._pending = self._pending, {}
         streams, self._streams = self._streams, {}
-        log.warning(event, calls=len(calls), streams=len(streams))
+        self._log.warning(event, calls=len(calls), streams=len(streams))
         for future, _ in calls.values():
             if not future.done():
                 future.set_exception(CORE_LOST.copy())

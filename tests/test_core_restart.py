@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import redis
-from servers import ETCDCTL_BIN, free_port
+from servers import ETCDCTL_BIN, Server, free_port
 from zmq_servers import ZmqNode
 
 from actors.proto import rpc_pb2
@@ -104,6 +104,27 @@ def grpc_range(channel: grpc.Channel, key: bytes, timeout: float) -> rpc_pb2.Ran
     return call(rpc_pb2.RangeRequest(key=key), timeout=timeout)
 
 
+def watchers(server: Server, prefix: str, start: int) -> tuple[subprocess.Popen[str], ...]:
+    """``etcdctl watch`` (gRPC) and curl on the JSON gateway's ``/v3/watch``, both watching
+    ``prefix`` from revision ``start``."""
+    etcdctl = subprocess.Popen(
+        [ETCDCTL_BIN, f"--endpoints={server.endpoint}", "watch", prefix, "--prefix", f"--rev={start}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, ETCDCTL_API="3"),
+    )
+    key = prefix.encode()
+    range_end = key[:-1] + bytes([key[-1] + 1])
+    create = {"create_request": {"key": b64(key), "range_end": b64(range_end), "start_revision": start}}
+    curl = subprocess.Popen(
+        ["curl", "-sN", "-X", "POST", f"{server.client_url}/v3/watch", "-d", json.dumps(create)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return etcdctl, curl
+
+
 def put_when_served(node: ZmqNode, key: str) -> None:
     """Put ``key`` once the new core serves (etcdctl's own retries are short)."""
     deadline = time.monotonic() + RESTART_TIMEOUT
@@ -136,21 +157,8 @@ def test_streams_and_calls_survive_a_core_kill(node: tuple[ZmqNode, int]) -> Non
             time.sleep(0.5)
         # the other watchers start after every ping, so their first event is w/before
         start = grpc_range(channel, b"w/", timeout=30).header.revision + 1
-        etcdctl = subprocess.Popen(
-            [ETCDCTL_BIN, f"--endpoints={server.endpoint}", "watch", "w/", "--prefix", f"--rev={start}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=dict(os.environ, ETCDCTL_API="3"),
-        )
-        started.append(etcdctl)
-        create = {"create_request": {"key": b64(b"w/"), "range_end": b64(b"w0"), "start_revision": start}}
-        curl = subprocess.Popen(
-            ["curl", "-sN", "-X", "POST", f"{server.client_url}/v3/watch", "-d", json.dumps(create)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        started.append(curl)
+        etcdctl, curl = watchers(server, "w/", start)
+        started += [etcdctl, curl]
         etcdctl_lines, curl_lines = lines_of(etcdctl), lines_of(curl)
         native_watch = native.watch("w/", prefix=True, start_revision=start)
         subscriber.psubscribe("__keyspace@0__:w/*")
@@ -224,19 +232,7 @@ def test_streams_end_when_the_core_hangs(node: tuple[ZmqNode, int]) -> None:
     server = zmq_node.server
     with server.channel() as channel:
         start = grpc_range(channel, b"h/", timeout=30).header.revision + 1
-    etcdctl = subprocess.Popen(
-        [ETCDCTL_BIN, f"--endpoints={server.endpoint}", "watch", "h/", "--prefix", f"--rev={start}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=dict(os.environ, ETCDCTL_API="3"),
-    )
-    create = {"create_request": {"key": b64(b"h/"), "range_end": b64(b"h0")}}
-    curl = subprocess.Popen(
-        ["curl", "-sN", "-X", "POST", f"{server.client_url}/v3/watch", "-d", json.dumps(create)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    etcdctl, curl = watchers(server, "h/", start)
     core = zmq_node.child_pid("node.core")
     try:
         etcdctl_lines, curl_lines = lines_of(etcdctl), lines_of(curl)
