@@ -9,6 +9,7 @@ here; the rest are routed: writes and linearizable reads to raft, serializable r
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,6 +98,9 @@ class SessionActor(Actor):
         self.front.setsockopt(zmq.RCVHWM, 0)
         self.front.bind(url)
         self.url = self.front.getsockopt(zmq.LAST_ENDPOINT).decode()
+        # stamped in the aux of every frame to the frontends: a new number tells them this core
+        # restarted and forgot their calls and watch streams (docs/architecture.md)
+        self.incarnation = secrets.randbits(63) | 1
         self.inbox = inbox(ctx, self.name)
         self.raft = Mailbox(ctx, "raft")
         self.storage = Mailbox(ctx, "storage")
@@ -144,6 +148,8 @@ class SessionActor(Actor):
                     log.warning("frontend_frame_malformed", error=str(e))
                     continue
                 if kind == Kind.REQUEST:
+                    if not records:  # a frontend's heartbeat: answered, so it hears our incarnation
+                        self.replies.setdefault(identity, [])
                     for rid, method, body in records:
                         if method in STREAM_METHODS:
                             self._stream_request(identity, rid, method, body)
@@ -342,7 +348,7 @@ class SessionActor(Actor):
         for kind, batches in ((Kind.RESULT, self.replies), (Kind.PUSH, self.pushes)):
             if batches:
                 for identity, records in batches.items():
-                    self.front.send_multipart([identity, pack(kind, records)], copy=False)
+                    self.front.send_multipart([identity, pack(kind, records, self.incarnation)], copy=False)
                 batches.clear()
 
     def close(self) -> None:

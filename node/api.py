@@ -6,6 +6,14 @@ is per frame), and the core answers in batches the same way, so a frontend under
 microseconds of transport per request instead of a round trip each. Watch streams are
 :class:`Stream` objects: the frontend sends WatchRequests and reads the responses the core
 pushes, with backpressure toward the core's watch hub.
+
+The core process may die and be restarted by the supervisor; it then knows nothing of the calls
+and streams it had. Every frame the core sends carries its *incarnation* (a random number drawn at
+its start) in ``aux``, and it answers the heartbeats this client sends every
+:data:`HEARTBEAT_INTERVAL`. When the incarnation changes, or the core stays silent for
+:data:`CORE_SILENCE`, every pending call fails and every open stream ends with
+:data:`CORE_LOST` (gRPC UNAVAILABLE, which etcd clients retry: a watch reconnects and resumes
+from its last revision) instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -24,6 +32,13 @@ log = structlog.get_logger()
 
 
 HEARTBEAT_INTERVAL = 0.5  # seconds; the core's session actor forgets frontends silent for FRONTEND_TIMEOUT
+# seconds without any frame from the core (it answers every heartbeat) before its calls and streams
+# are given up: twice the session actor's FRONTEND_TIMEOUT, so a core busy for a few seconds (a
+# defragmentation, a large snapshot) keeps its streams, and one that is gone for good frees them
+CORE_SILENCE = 10.0
+# what pending calls and open streams end with when the core restarted or went silent: etcd's
+# ErrGRPCStopped, code UNAVAILABLE, which clientv3 retries (a watch reconnects and resumes)
+CORE_LOST = errors.STOPPED
 STREAM_HIGH_WATER = 256  # pushed responses a frontend holds for one stream before it says "blocked"
 STREAM_HIGH_BYTES = 8 << 20  # ... or bytes of them (a few large values must not pile up either)
 STREAM_LOW_WATER = 32  # ... and says "ready" again once the stream has drained to this
@@ -41,12 +56,14 @@ class Stream:
         self.client = client
         self.id = stream_id
         self.token = token  # every record of the stream carries it, so they stay in order
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | errors.EtcdError] = asyncio.Queue()
         self.queued_bytes = 0
         self.blocked = False
+        self.ended: errors.EtcdError | None = None  # the core lost the stream: get() raises this
 
     def send(self, request: bytes) -> None:
-        self.client._enqueue((self.id, Method.WATCH, request), self.token)
+        if self.ended is None:  # a request on a lost stream would open a stray one on the new core
+            self.client._enqueue((self.id, Method.WATCH, request), self.token)
 
     def _push(self, response: bytes) -> None:
         self.queue.put_nowait(response)
@@ -56,8 +73,17 @@ class Stream:
             self.blocked = True
             self.client._enqueue((self.id, Method.WATCH_BLOCKED, b""), self.token)
 
+    def _end(self, error: errors.EtcdError) -> None:
+        """The core lost this stream: responses already queued come first, then ``error``."""
+        self.ended = error
+        self.queue.put_nowait(error)
+
     async def get(self) -> bytes:
+        """The next response pushed by the core; raises :class:`EtcdError` once the stream is lost."""
         response = await self.queue.get()
+        if isinstance(response, errors.EtcdError):
+            self.queue.put_nowait(response)  # every later get() raises it too
+            raise response.copy()
         self.queued_bytes -= len(response)
         if (
             self.blocked
@@ -106,10 +132,13 @@ class Client:
         self._token_outbox: list[Record] = []  # requests carrying a client's auth token
         self._streams: dict[int, Stream] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._incarnation: int | None = None  # the core's, from the aux of its frames
+        self._heard = time.monotonic()  # when the core last sent a frame
         self._loop: asyncio.AbstractEventLoop  # the loop `start` ran in: every call comes from it
 
     async def start(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
+        self._heard = time.monotonic()
         loop.add_reader(self._sock.getsockopt(zmq.FD), self._receive)
         loop.call_soon(self._receive)  # the FD is edge-triggered: take what came before we watched
         self._tasks = [asyncio.create_task(self._expire())]
@@ -163,6 +192,8 @@ class Client:
     send_flags = 0  # AsyncClient: zmq.NOBLOCK (a remote server may leave it with no connection)
 
     def _send_frame(self, frame: bytes) -> None:
+        if self._sock.closed:  # a flush scheduled before close(): nobody is left to answer
+            return
         self._sock.send(frame, self.send_flags)  # SNDHWM 0: never blocks while connected
         # any operation on the socket may consume the FD's edge for input that is waiting
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -180,6 +211,7 @@ class Client:
         except MalformedFrame as e:
             log.error("core_frame_malformed", error=str(e))
             return
+        self._heard = time.monotonic()
         self._on_frame(kind, aux, records)
 
     def _on_frame(self, kind: int, aux: int, records: list[Record]) -> None:
@@ -191,6 +223,27 @@ class Client:
         elif kind == Kind.RESULT:
             for rid, status, body in records:
                 self._resolve(rid, status, body)
+        if aux != self._incarnation:
+            if self._incarnation is not None:
+                # after this frame's records: those are the new core's answers to calls it has
+                self._lose_core("core_restarted")
+            self._incarnation = aux
+
+    def _lose_core(self, event: str) -> None:
+        """Fail every pending call and end every open stream with :data:`CORE_LOST`.
+
+        Each stream's close is still sent: a core that was only slow drops its watchers, and a
+        restarted one ignores closes of streams it never had.
+        """
+        calls, self._pending = self._pending, {}
+        streams, self._streams = self._streams, {}
+        self._log.warning(event, calls=len(calls), streams=len(streams))
+        for future, _ in calls.values():
+            if not future.done():
+                future.set_exception(CORE_LOST.copy())
+        for stream in streams.values():
+            stream._end(CORE_LOST.copy())
+            self._enqueue((stream.id, Method.WATCH_CLOSE, b""), stream.token)
 
     def _resolve(self, rid: int, status: int, body: bytes) -> None:
         """Answer the call waiting for ``rid``: its response, or the error the status and text say."""
@@ -205,16 +258,22 @@ class Client:
             entry[0].set_exception(errors.EtcdError(errors.Code(status), text))
 
     async def _expire(self) -> None:
-        """Fail calls the core never answered (it restarted, or a leader was lost) with etcd's timeout.
+        """Fail calls the core never answered (a leader was lost) with etcd's timeout, and give
+        up on a core silent for :data:`CORE_SILENCE`.
 
         Every turn also sends a frame even when idle: the core takes a frontend that stays silent
-        for several seconds to be gone, and drops its watch streams.
+        for several seconds to be gone, and drops its watch streams; its answer is how a silent
+        core (or a restarted one) is noticed.
         """
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             if not self._outbox:
                 self._send_frame(pack(Kind.REQUEST, []))
             now = time.monotonic()
+            if now - self._heard > CORE_SILENCE:
+                self._heard = now  # at most once per CORE_SILENCE while it stays away
+                if self._pending or self._streams:
+                    self._lose_core("core_silent")
             late = [rid for rid, (_, deadline) in self._pending.items() if deadline < now]
             for rid in late:
                 future, _ = self._pending.pop(rid)

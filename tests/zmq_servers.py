@@ -12,9 +12,9 @@ from servers import Server, free_port
 class ZmqNode:
     """A started cairn node whose ``zmq`` plugin listens on ``url`` (gRPC and REST as usual)."""
 
-    def __init__(self, base: Path, **settings: object) -> None:
+    def __init__(self, base: Path, more_plugins: dict | None = None, **settings: object) -> None:
         self.url = f"tcp://127.0.0.1:{free_port()}"
-        plugins = {"grpc": {}, "rest": {}, "zmq": {"listen": self.url, **settings}}
+        plugins = {"grpc": {}, "rest": {}, "zmq": {"listen": self.url, **settings}, **(more_plugins or {})}
         self.server = Server("cairn", base, env={"ETCD_PLUGINS": json.dumps(plugins)}, ready_timeout=60.0)
 
     def child_pid(self, module: str) -> int:

@@ -184,7 +184,8 @@ def watch_stream(client: Client) -> StreamHandler:
     """etcd's Watch: requests flow to the core's watch hub while its pushed responses flow back.
 
     A client that half-closes keeps receiving, as with etcd; the stream ends when the client
-    cancels or the server stops (clients then reconnect and resume from their last revision).
+    cancels, or with UNAVAILABLE when the server stops or the core process restarted (clients
+    then reconnect and resume from their last revision).
     """
 
     async def handler(requests: AsyncIterator[bytes], context: CallContext) -> AsyncIterator[bytes]:
@@ -197,7 +198,11 @@ def watch_stream(client: Client) -> StreamHandler:
         reader = asyncio.create_task(forward_requests())
         try:
             while True:
-                yield await stream.get()
+                try:
+                    response = await stream.get()
+                except EtcdError as e:  # the core lost the stream
+                    await context.abort(grpc.StatusCode[e.code.name], e.message)
+                yield response
         finally:
             reader.cancel()
             stream.close()

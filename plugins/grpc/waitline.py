@@ -33,9 +33,9 @@ log = structlog.get_logger()
 M = TypeVar("M", bound=Message)
 
 SESSION_TTL = 60  # seconds: the lease etcd's server-side session grants when a request names none
-# A watch stream does not survive a restart of the core process, and nothing tells the frontend it
-# was lost: so a waiter looks again, and an observer's watch is opened again, after this long a
-# silence. It is a safety net, not the way turns pass.
+# A watch stream lost with the core process (it restarted) ends with an error, and the waiter
+# looks again at once; an observer's watch is opened again from where it got to. After this long a
+# silence they do so anyway: a safety net for a lost event, not the way turns pass.
 RECHECK_SECONDS = 10.0
 
 _CREATE = rpc_pb2.RangeRequest.CREATE
@@ -249,7 +249,8 @@ async def wait_for_turn(core: Caller, prefix: bytes, key: bytes, rev: int) -> rp
 
 async def wait_for_delete(core: Caller, keys: tuple[bytes, ...], start: int) -> None:
     """Return once one of ``keys`` is deleted at revision ``start`` or later, once the watch is
-    cancelled by a compaction (the caller reads again), or after :data:`RECHECK_SECONDS`."""
+    cancelled by a compaction or lost with the core (the caller reads again), or after
+    :data:`RECHECK_SECONDS`."""
     creates = [
         rpc_pb2.WatchCreateRequest(key=k, start_revision=start, filters=[rpc_pb2.WatchCreateRequest.NOPUT])
         for k in keys
@@ -259,7 +260,7 @@ async def wait_for_delete(core: Caller, keys: tuple[bytes, ...], start: int) -> 
             try:
                 async with asyncio.timeout(RECHECK_SECONDS):  # not wait_for: on 3.11 it can swallow a cancel
                     response = await watch.next()
-            except TimeoutError:
+            except (TimeoutError, EtcdError):
                 return
             if response.canceled:
                 if response.compact_revision:
@@ -296,7 +297,8 @@ async def watch_responses(
     core: Caller, create: rpc_pb2.WatchCreateRequest
 ) -> AsyncIterator[rpc_pb2.WatchResponse]:
     """The responses of one watch (``start_revision`` set) until it is cancelled; after
-    :data:`RECHECK_SECONDS` of silence it is opened again from the revision it got to."""
+    :data:`RECHECK_SECONDS` of silence, or when the core lost it, it is opened again from the
+    revision it got to."""
     resume = rpc_pb2.WatchCreateRequest()
     resume.CopyFrom(create)
     while True:
@@ -305,7 +307,7 @@ async def watch_responses(
                 try:
                     async with asyncio.timeout(RECHECK_SECONDS):
                         response = await watch.next()
-                except TimeoutError:
+                except (TimeoutError, EtcdError):
                     break
                 if response.canceled:
                     return

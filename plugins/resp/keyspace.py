@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
+from actors.errors import EtcdError
 from actors.proto import kv_pb2, rpc_pb2
 from node.api import Stream
 from plugins.resp.codec import Push
@@ -46,6 +47,8 @@ class Subscriptions:
         self.deliver = deliver
         self.channels: dict[bytes, int] = {}  # channel -> watch id (0: nothing to watch)
         self.patterns: dict[bytes, int] = {}
+        # the revision each subscription's watcher is at: where it resumes if the stream is lost
+        self.revisions: dict[tuple[bool, bytes], int] = {}
         self.stream: Stream | None = None
         self.creating: list[tuple[bool, bytes]] = []  # creates awaiting their watch id, in order
         self.reader: asyncio.Task[None] | None = None
@@ -59,13 +62,19 @@ class Subscriptions:
         if channel in table:
             return
         table[channel] = 0
+        self._create(pattern, channel)
+
+    def _create(self, pattern: bool, channel: bytes) -> None:
         span = watched_range(channel, pattern)
         if span is None:
             return
         if self.stream is None:
             self.stream = self.store.client.open_stream(self.store.token)
             self.reader = asyncio.get_running_loop().create_task(self._read(self.stream))
-        create = rpc_pb2.WatchCreateRequest(key=span[0], range_end=span[1], prev_kv=True)
+        start = self.revisions.get((pattern, channel), 0)
+        create = rpc_pb2.WatchCreateRequest(
+            key=span[0], range_end=span[1], prev_kv=True, start_revision=start
+        )
         self.creating.append((pattern, channel))
         self.stream.send(rpc_pb2.WatchRequest(create_request=create).SerializeToString())
 
@@ -74,6 +83,7 @@ class Subscriptions:
         if channel not in table:
             return False
         watch_id = table.pop(channel)
+        self.revisions.pop((pattern, channel), None)
         if watch_id and self.stream is not None:
             cancel = rpc_pb2.WatchCancelRequest(watch_id=watch_id)
             self.stream.send(rpc_pb2.WatchRequest(cancel_request=cancel).SerializeToString())
@@ -86,16 +96,32 @@ class Subscriptions:
             self.stream.close()
         self.stream = self.reader = None
 
+    def _reopen(self) -> None:
+        """The core lost the stream (it restarted): every subscription gets a watcher again on a
+        new stream, from the revision its old one had reached, so no notification is lost."""
+        log.info("resp_keyspace_stream_reopened", subscriptions=self.count)
+        self.stream = self.reader = None
+        self.creating = []
+        for pattern, table in ((False, self.channels), (True, self.patterns)):
+            for channel in table:
+                table[channel] = 0
+                self._create(pattern, channel)
+
     async def _read(self, stream: Stream) -> None:
         watchers: dict[int, tuple[bool, bytes]] = {}
         while True:
-            response = rpc_pb2.WatchResponse.FromString(await stream.get())
+            try:
+                response = rpc_pb2.WatchResponse.FromString(await stream.get())
+            except EtcdError:
+                self._reopen()
+                return
             if response.created:
                 pattern, channel = self.creating.pop(0)
                 table = self.patterns if pattern else self.channels
                 if channel in table:
                     table[channel] = response.watch_id
                     watchers[response.watch_id] = (pattern, channel)
+                    self.revisions.setdefault((pattern, channel), response.header.revision + 1)
                 else:  # unsubscribed before the watcher existed
                     cancel = rpc_pb2.WatchCancelRequest(watch_id=response.watch_id)
                     stream.send(rpc_pb2.WatchRequest(cancel_request=cancel).SerializeToString())
@@ -104,9 +130,14 @@ class Subscriptions:
             if response.canceled or subscription is None:
                 watchers.pop(response.watch_id, None)
                 continue
+            start = self.revisions.get(subscription, 0)
             for event in response.events:
+                if event.kv.mod_revision < start:
+                    continue  # a resumed watcher may repeat its last revision
                 name = await self._event_name(event)
                 self._notify(subscription, event.kv.key, name)
+            if response.events and subscription in self.revisions:  # still subscribed
+                self.revisions[subscription] = max(start, response.events[-1].kv.mod_revision + 1)
 
     async def _event_name(self, event: kv_pb2.Event) -> bytes:
         if event.type == kv_pb2.Event.PUT:

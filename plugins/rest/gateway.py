@@ -474,7 +474,16 @@ class Gateway:
                     reader = asyncio.ensure_future(forward_requests())
                 exchange.begin(200, [*GATEWAY_OK_HEADERS])
                 while True:
-                    answer = await stream.get()
+                    try:
+                        answer = await stream.get()
+                    except EtcdError as e:  # the core lost the stream: the client reconnects
+                        code = metrics.GRPC_CODE_NAMES[e.code]
+                        await exchange.write(stream_error_chunk(e.code, e.message))
+                        log.warning(
+                            "rest_stream_error", path=exchange.path, code=int(e.code), error=e.message
+                        )
+                        exchange.finish()
+                        return
                     line = jsonpb.encode({"result": jsonpb.to_dict(response_type.FromString(answer))})
                     await exchange.write(line + b"\n")
             except (asyncio.CancelledError, ConnectionError):

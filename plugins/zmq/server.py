@@ -9,8 +9,9 @@ and watch backpressure in the one thread every actor shares. The wire format is 
 by frame in ``docs/zmq-protocol.md``.
 
 Every frame this server sends carries the peer's *session number* in ``aux``. It changes when the
-server forgot the peer (a frontend restart, or silence longer than ``peer-timeout``), which is how
-a client learns that its watch streams are gone and must be re-created from its last revision.
+server forgot the peer (a frontend restart, or silence longer than ``peer-timeout``) or the core
+process restarted under it, which is how a client learns that its watch streams are gone and must
+be re-created from its last revision.
 
 Settings (``plugins: {zmq: {...}}``): ``listen`` (``tcp://host:port`` or ``ipc://path``, default
 ``tcp://127.0.0.1:2390``), ``peer-timeout`` (seconds of silence before a peer's streams are
@@ -238,11 +239,15 @@ class ZmqFrontend:
             self._forget(identity)
             peer = None
         if peer is None:
-            peer = self.peers[identity] = Peer(identity, self.next_session, now, key)
-            self.next_session = (self.next_session + 2) & ((1 << 64) - 1) or 1
+            peer = self.peers[identity] = Peer(identity, self._new_session(), now, key)
             log.info("zmq_peer_connected", peer=identity.hex(), session=peer.session)
         peer.last_seen = now
         return peer
+
+    def _new_session(self) -> int:
+        session = self.next_session
+        self.next_session = (self.next_session + 2) & ((1 << 64) - 1) or 1
+        return session
 
     def _on_message(self, message: list[bytes], key: str | None) -> None:
         identity = message[0]
@@ -334,11 +339,25 @@ class ZmqFrontend:
         """Move one stream's responses to its peer, no faster than the peer takes them: while the
         peer's backlog is full this stops pulling, the stream fills and tells the watch hub."""
         while True:
-            response = await stream.get()
+            try:
+                response = await stream.get()
+            except errors.EtcdError:  # the core restarted and lost every stream it had
+                self._renew_session(peer)
+                return
             if not peer.writable.is_set():
                 await peer.writable.wait()
             peer.pushes.append((sid, 0, response))
             self._mark(peer)
+
+    def _renew_session(self, peer: Peer) -> None:
+        """Drop the peer's streams and give it a new session number: that is how a native client
+        learns its watches are gone, and it re-creates each one from its last revision."""
+        for sid in list(peer.streams):
+            self._close_stream(peer, sid)
+        peer.session = self._new_session()
+        peer.wants_reply = True  # tell it now, even with nothing else to send
+        self._mark(peer)
+        log.info("zmq_peer_session_renewed", peer=peer.identity.hex(), session=peer.session)
 
     def _close_stream(self, peer: Peer, sid: int) -> None:
         peer.streams.pop(sid).close()
