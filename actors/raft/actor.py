@@ -54,6 +54,7 @@ from actors.raft.curve import CurveSettings
 from actors.raft.durable import DurableLog
 from actors.raft.log import Entry
 from actors.raft.members import MemberTable, etcd_error
+from actors.raft.reconfig import PeerActivity, check_add, check_remove
 from actors.raft.snapshots import Incoming, Outgoing, parse_ack
 from actors.raft.syncer import LogSyncer
 from actors.raft.transport import LEASE_KINDS, SNAP_ACK_MAGIC, SNAP_CHUNK_MAGIC, Inbound, PeerTransport
@@ -127,6 +128,7 @@ class RaftActor(Actor):
         self.installing: Ready | None = None  # the Ready whose snapshot the storage actor is installing
         self.snapshot_wanted: dict[int, Message] = {}  # peer -> SNAP message waiting for its checkpoint
         self.sending: dict[int, Outgoing] = {}  # peer -> snapshot transfer under way
+        self.activity = PeerActivity(settings.election_ms / 1000.0)  # for the strict reconfig check
         self.transport = PeerTransport(
             ctx,
             settings.cluster_id,
@@ -212,10 +214,12 @@ class RaftActor(Actor):
 
     def _peer_frames(self, got: Inbound) -> None:
         removed = self.members.removed
+        now = time.monotonic()
         for message in got.raft:
             if message.frm in removed:
                 self.transport.tell_removed(message.frm)
             else:
+                self.activity.heard(message.frm, now)
                 self.core.step(message)
         for sender, records in got.forwarded:
             self._propose(records, origin=sender)
@@ -231,7 +235,6 @@ class RaftActor(Actor):
             self.lease.extend(kind, records, aux=sender)
         if got.removed:
             self._removed()
-        now = time.monotonic()
         for sender, payload in got.snapshot_acks:
             self._snapshot_ack(sender, payload, now)
         for sender, payload in got.snapshot_chunks:
@@ -264,15 +267,26 @@ class RaftActor(Actor):
             if self.core.role != Role.LEADER:
                 raise NotLeader(self.core.leader_id)
             change = self.members.conf_change(method, body, key, self.settings.cluster_id, int(time.time()))
+            self._check_active_quorum(change)
             self.core.propose_conf_change(change)
         except NotLeader as e:
             self._forward(e, [record], origin)
         except ConfChangeError as e:
             self._fail([record], etcd_error(e), origin)
         except errors.EtcdError as e:
+            log.info("membership_change_refused", method=method, error=e.message)
             self._fail([record], e, origin)
         else:
             log.info("membership_change_proposed", change=change.type.name, member=f"{change.node_id:x}")
+
+    def _check_active_quorum(self, change: ConfChange) -> None:
+        """etcd's strict reconfig check on connectivity (reconfig.py): EtcdError "unhealthy cluster"."""
+        voters = [m.ID for m in self.members.listing() if not m.isLearner]
+        me, now = self.settings.member_id, time.monotonic()
+        if change.type in (ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER):
+            check_add(self.activity, me, voters, now)
+        elif change.type == ConfChangeType.REMOVE and change.node_id in voters:
+            check_remove(self.activity, me, voters, change.node_id, now)
 
     def _move_leader(self, record: Record) -> None:
         """etcd's MoveLeader: only the leader takes it; answered once the transferee leads."""
@@ -329,6 +343,7 @@ class RaftActor(Actor):
                 self._removed()
             else:
                 self.transport.retire(peer)
+                self.activity.forget(peer)
         elif change.type != ConfChangeType.PROMOTE_LEARNER and peer != self.settings.member_id:
             member = self.members.get(peer)
             if member is not None and member.peerURLs:
