@@ -42,6 +42,18 @@ def etcdctl(endpoints: str, *args: str) -> str:
     return "".join(line + "\n" for line in result.stderr.splitlines() if line.startswith("Error:"))
 
 
+def until_healthy(endpoint: str, *args: str) -> str:
+    """A membership change, retried while etcd's strict reconfig check refuses it because peers
+    have been connected for less than 5 s ("unhealthy cluster"); stdout."""
+    deadline = time.monotonic() + 30
+    while True:
+        result = run_etcdctl(endpoint, *args, check=False)
+        if "etcdserver: unhealthy cluster" not in result.stderr or time.monotonic() > deadline:
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+        time.sleep(0.5)
+
+
 class Names:
     """Replaces ids, cluster id and URLs in etcdctl output by stable names, so runs compare."""
 
@@ -161,9 +173,7 @@ def test_add_learner_promote_remove(tmp_path: Path) -> None:
         for i in range(50):
             run_etcdctl(cluster.endpoints, "put", f"k{i}", f"v{i}")
         peer = f"http://127.0.0.1:{free_port()}"
-        added = run_etcdctl(
-            follower.endpoint, "member", "add", "n4", f"--peer-urls={peer}", "--learner"
-        ).stdout
+        added = until_healthy(follower.endpoint, "member", "add", "n4", f"--peer-urls={peer}", "--learner")
         new_id = int(re.search(r"Member\s+(\w+) added", added).group(1), 16)
         node = start_added_member(cluster, tmp_path, added, follower)
         try:
@@ -200,7 +210,7 @@ def test_add_learner_promote_remove(tmp_path: Path) -> None:
 
             # remove the leader itself: it steps down, the others elect a leader, it shuts down
             leader_id = int(listing[leader.name]["ID"])
-            run_etcdctl(follower.endpoint, "member", "remove", f"{leader_id:x}")
+            until_healthy(follower.endpoint, "member", "remove", f"{leader_id:x}")
             wait_for(lambda: not leader.running, 30, "the removed member shutting itself down")
             rest = [m for m in cluster.members if m is not leader] + [node]
             endpoints = ",".join(m.endpoint for m in rest)
