@@ -41,7 +41,7 @@ class Stream:
         self.client = client
         self.id = stream_id
         self.token = token  # every record of the stream carries it, so they stay in order
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | errors.EtcdError] = asyncio.Queue()
         self.queued_bytes = 0
         self.blocked = False
 
@@ -56,8 +56,16 @@ class Stream:
             self.blocked = True
             self.client._enqueue((self.id, Method.WATCH_BLOCKED, b""), self.token)
 
+    def _fail(self, error: errors.EtcdError) -> None:
+        """The core refused the stream itself (etcd's stream interceptor): ``get`` raises ``error``."""
+        self.queue.put_nowait(error)
+
     async def get(self) -> bytes:
+        """The next response; raises the EtcdError that ended the stream, if the core ended it."""
         response = await self.queue.get()
+        if isinstance(response, errors.EtcdError):
+            self.client._streams.pop(self.id, None)
+            raise response
         self.queued_bytes -= len(response)
         if (
             self.blocked
@@ -182,9 +190,13 @@ class Client:
 
     def _on_frame(self, kind: int, aux: int, records: list[Record]) -> None:
         if kind == Kind.PUSH:
-            for sid, _, body in records:
+            for sid, status, body in records:
                 stream = self._streams.get(sid)
-                if stream is not None:
+                if stream is None:
+                    continue
+                if status:
+                    stream._fail(errors.EtcdError(errors.Code(status), body.decode(errors="replace")))
+                else:
                     stream._push(body)
         elif kind == Kind.RESULT:
             for rid, status, body in records:

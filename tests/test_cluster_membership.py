@@ -16,6 +16,8 @@ import grpc
 import pytest
 from servers import Cluster, Server, free_port, run_etcdctl
 
+from actors.proto import rpc_pb2 as R
+
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -166,6 +168,45 @@ def start_added_member(cluster: Cluster, base: Path, added: str, via: Server) ->
     return node
 
 
+LEARNER_REFUSAL = "etcdserver: rpc not supported for learner"  # etcd's ErrGPRCNotSupportedForLearner
+
+
+def assert_learner_refuses(node: Server) -> None:
+    """etcd 3.4's learner serves only Status and serializable ranges: every other unary RPC and
+    every stream (Watch, LeaseKeepAlive, Snapshot) fails with Unavailable and etcd's text."""
+    for args in (
+        ("get", "k49"),  # linearizable
+        ("member", "list"),
+        ("lease", "grant", "10"),
+        ("defrag",),
+        ("endpoint", "hashkv"),
+        ("user", "add", "u:p"),
+    ):
+        result = node.etcdctl(*args, check=False)
+        assert result.returncode != 0 and LEARNER_REFUSAL in result.stdout + result.stderr, (args, result)
+    watch = R.WatchRequest(create_request=R.WatchCreateRequest(key=b"k"))
+    streams = (
+        ("/etcdserverpb.Watch/Watch", watch),
+        ("/etcdserverpb.Lease/LeaseKeepAlive", R.LeaseKeepAliveRequest(ID=1)),
+    )
+    with grpc.insecure_channel(node.endpoint) as channel:
+        for path, request in streams:
+            call = channel.stream_stream(path)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(call(iter([request.SerializeToString()]), timeout=10))
+            assert (refused.value.code(), refused.value.details()) == (
+                grpc.StatusCode.UNAVAILABLE,
+                LEARNER_REFUSAL,
+            )
+        snapshot = channel.unary_stream("/etcdserverpb.Maintenance/Snapshot")
+        with pytest.raises(grpc.RpcError) as refused:
+            next(snapshot(b"", timeout=10))
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.UNAVAILABLE,
+            LEARNER_REFUSAL,
+        )
+
+
 def test_add_learner_promote_remove(tmp_path: Path) -> None:
     with Cluster("cairn", 3, tmp_path) as cluster:
         leader = cluster.leader()
@@ -186,6 +227,7 @@ def test_add_learner_promote_remove(tmp_path: Path) -> None:
             )
             refused = node.etcdctl("put", "k", "v", check=False)
             assert "etcdserver: rpc not supported for learner" in refused.stderr
+            assert_learner_refuses(node)
             assert node.etcdctl("endpoint", "status", "-w", "json").returncode == 0
             wait_for(
                 lambda: (

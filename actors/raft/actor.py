@@ -176,8 +176,6 @@ class RaftActor(Actor):
         reads: list[Record] = []
         for (frame,) in messages:
             kind, aux, records = unpack(frame)
-            if kind in (Kind.PROPOSE, Kind.READ) and self._learner():
-                records = self._refuse_on_learner(records)
             if kind == Kind.PROPOSE:
                 proposals.extend(records)
             elif kind == Kind.READ:
@@ -203,14 +201,10 @@ class RaftActor(Actor):
             self._read_index(reads)
         self._drain_ready()
 
-    def _learner(self) -> bool:
+    def is_learner(self) -> bool:
+        """Whether this member is a learner now (the session refuses what a learner does not serve)."""
         me = self.members.get(self.settings.member_id)
         return me is not None and me.isLearner
-
-    def _refuse_on_learner(self, records: list[Record]) -> list[Record]:
-        """etcd serves only Status and serializable ranges on a learner (those never reach raft)."""
-        self._fail([r for r in records if r[1] != Method.STATUS], errors.NOT_SUPPORTED_FOR_LEARNER)
-        return [r for r in records if r[1] == Method.STATUS]
 
     def _peer_frames(self, got: Inbound) -> None:
         removed = self.members.removed

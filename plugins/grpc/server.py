@@ -213,6 +213,8 @@ def watch_stream(client: Client) -> StreamHandler:
         try:
             while True:
                 yield await stream.get()
+        except EtcdError as e:  # the core refused the stream (a learner's): etcd's status and text
+            await context.abort(grpc.StatusCode[e.code.name], e.message)
         finally:
             reader.cancel()
             stream.close()

@@ -477,6 +477,10 @@ class Gateway:
                     answer = await stream.get()
                     line = jsonpb.encode({"result": jsonpb.to_dict(response_type.FromString(answer))})
                     await exchange.write(line + b"\n")
+            except EtcdError as e:  # the core refused the stream (a learner's)
+                code = metrics.GRPC_CODE_NAMES[e.code]
+                await exchange.write(stream_error_chunk(e.code, e.message))
+                exchange.finish()
             except (asyncio.CancelledError, ConnectionError):
                 code = "Canceled"
                 raise

@@ -307,7 +307,13 @@ class ZmqFrontend:
         """Move one stream's responses to its peer, no faster than the peer takes them: while the
         peer's backlog is full this stops pulling, the stream fills and tells the watch hub."""
         while True:
-            response = await stream.get()
+            try:
+                response = await stream.get()
+            except errors.EtcdError as e:  # the core refused the stream (a learner's)
+                peer.streams.pop(sid, None)
+                peer.pumps.pop(sid, None)
+                self._reply(peer, error_record(sid, e))
+                return
             if not peer.writable.is_set():
                 await peer.writable.wait()
             peer.pushes.append((sid, 0, response))
