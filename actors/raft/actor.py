@@ -14,6 +14,7 @@ import random
 import shutil
 import struct
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,8 +59,8 @@ from actors.raft.reconfig import PeerActivity, check_add, check_remove
 from actors.raft.snapshots import Incoming, Outgoing, parse_ack
 from actors.raft.syncer import LogSyncer
 from actors.raft.transport import LEASE_KINDS, SNAP_ACK_MAGIC, SNAP_CHUNK_MAGIC, Inbound, PeerTransport
+from actors.raft.unpacker import SnapshotUnpacker
 from actors.storage.checkpoint import read_ticket
-from actors.storage.snapshot import SnapshotError, extract
 
 log = structlog.get_logger()
 
@@ -125,6 +126,8 @@ class RaftActor(Actor):
         shutil.rmtree(self.snapshot_dir, ignore_errors=True)  # partial transfers of an earlier run
         self.receiving = Incoming(self.snapshot_dir)
         self.staged: dict[tuple[int, int], str] = {}  # (index, term) -> unpacked snapshot, not installed
+        self.unpacker = SnapshotUnpacker(ctx)
+        self.unpacking: deque[tuple[int, Message, str]] = deque()  # (sender, SNAP message, target) in order
         self.installing: Ready | None = None  # the Ready whose snapshot the storage actor is installing
         self.snapshot_wanted: dict[int, Message] = {}  # peer -> SNAP message waiting for its checkpoint
         self.sending: dict[int, Outgoing] = {}  # peer -> snapshot transfer under way
@@ -156,13 +159,18 @@ class RaftActor(Actor):
 
     def sockets(self) -> Sequence[zmq.Socket]:
         zap = () if self.transport.zap is None else (self.transport.zap.socket,)
-        return (self.inbox, self.transport.inbound, self.syncer.done, *zap)
+        return (self.inbox, self.transport.inbound, self.syncer.done, self.unpacker.done, *zap)
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
         if sock is self.syncer.done:
             rd, self.syncing = self.syncing, None
             if rd is not None:
                 self._finish(rd)
+            self._drain_ready()
+            return
+        if sock is self.unpacker.done:
+            for (outcome,) in messages:
+                self._unpacked(outcome)
             self._drain_ready()
             return
         if self.transport.zap is not None and sock is self.transport.zap.socket:
@@ -598,14 +606,26 @@ class RaftActor(Actor):
         try:
             (message,) = codec.decode(self.settings.cluster_id, received.message)
             snap = snapshot_of(message)
-            target = os.path.join(self.snapshot_dir, f"{snap.index}-{snap.term}")
-            shutil.rmtree(target, ignore_errors=True)
-            extract(received.path, target)
-        except (ValueError, SnapshotError, OSError) as e:
+        except ValueError as e:
             log.error("snapshot_received_unusable", peer=f"{sender:x}", error=str(e))
-            return
-        finally:
             os.unlink(received.path)
+            return
+        target = os.path.join(self.snapshot_dir, f"{snap.index}-{snap.term}")
+        if (snap.index, snap.term) in self.staged or any(t == target for _, _, t in self.unpacking):
+            os.unlink(received.path)  # a second transfer of it: the first is staged or being unpacked
+            return
+        self.unpacking.append((sender, message, target))
+        self.unpacker.unpack(received.path, target)  # the loop goes on meanwhile (unpacker.py)
+
+    def _unpacked(self, outcome: bytes) -> None:
+        """A received snapshot is unpacked (or refused): the core may now take it."""
+        sender, message, target = self.unpacking.popleft()
+        if outcome:
+            log.error(
+                "snapshot_received_unusable", peer=f"{sender:x}", error=outcome.decode(errors="replace")
+            )
+            return
+        snap = snapshot_of(message)
         log.info("snapshot_received", peer=f"{sender:x}", index=snap.index, term=snap.term)
         self.staged[(snap.index, snap.term)] = target
         self.core.step(message)
@@ -693,6 +713,7 @@ class RaftActor(Actor):
             mailbox.close()
         self.transport.close()
         self.syncer.close()
+        self.unpacker.close()
         self.receiving.close()
         for out in self.sending.values():
             out.discard()
