@@ -53,7 +53,10 @@ def script(cluster: Cluster) -> list[str]:
     out.append(etcdctl(ep, "member", "add", "n4", f"--peer-urls={new_peer}", "--learner"))
     out.append(etcdctl(ep, "member", "remove", f"{ids[live.name]:x}"))
     out.append(_first_line(etcdctl(ep, "member", "remove", f"{ids[down.name]:x}")))  # down: safe to remove
-    out.append(", ".join(sorted(m.get("name") or "(unstarted)" for m in members(ep))))
+    roles = {leader.name: "<leader>", live.name: "<live>"}  # which member leads differs between runs
+    out.append(
+        ", ".join(sorted(roles.get(m.get("name"), m.get("name") or "(unstarted)") for m in members(ep)))
+    )
     out.append(_first_line(etcdctl(ep, "member", "add", "l2", f"--peer-urls={new_peer}", "--learner")))
     return out
 
