@@ -94,6 +94,7 @@ MEMBER_NOT_ENOUGH_STARTED = _error(
     Code.FAILED_PRECONDITION, "re-configuration failed due to not enough started members"
 )
 NOT_SUPPORTED_FOR_LEARNER = _error(Code.UNAVAILABLE, "rpc not supported for learner")
+UNHEALTHY = _error(Code.UNAVAILABLE, "unhealthy cluster")  # a change that would break the active quorum
 BAD_LEADER_TRANSFEREE = _error(Code.FAILED_PRECONDITION, "bad leader transferee")
 # not in etcd's gRPC error table: it reaches clients with code Unknown and this text
 LEADER_TRANSFER_TIMEOUT = _error(Code.UNKNOWN, "request timed out, leader transfer took too long")

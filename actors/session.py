@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -19,6 +19,7 @@ import zmq
 
 from actors import errors, metrics, point_reads
 from actors.auth.gate import AuthGate, TokenNotApplied
+from actors.learner import served_by_learner
 from actors.loop import Actor
 from actors.mailbox import Mailbox, inbox
 from actors.proto import rpc_pb2
@@ -128,6 +129,7 @@ class SessionActor(Actor):
         # requests held until this member applies their token's Authenticate entry
         self.parked: list[tuple[bytes, int, int, bytes, float, str | None]] = []
         self.next_retry = 0.0
+        self.is_learner: Callable[[], bool] = lambda: False  # set by the node: the raft actor's view
 
     def sockets(self) -> Sequence[zmq.Socket]:
         return (self.front, self.inbox)
@@ -188,6 +190,10 @@ class SessionActor(Actor):
         self, identity: bytes, stream_id: int, method: int, body: bytes, token: str | None = None
     ) -> None:
         """Watch stream traffic goes to the watch actor under a node-wide stream key."""
+        if method == Method.WATCH and self.is_learner():  # etcd's stream interceptor: the stream fails
+            error = errors.NOT_SUPPORTED_FOR_LEARNER
+            self.pushes.setdefault(identity, []).append((stream_id, error.code, error.message.encode()))
+            return
         if method == Method.WATCH and self.gate is not None:
             denial = self.gate.watch_denial(body, token)
             if denial is not None:  # etcd answers a refused create on the stream, which stays open
@@ -226,6 +232,8 @@ class SessionActor(Actor):
         try:
             # etcd's order: the quota (its gRPC interceptor), the request's own checks, the size
             message = decode(method, body) if method in REQUEST_TYPES else None
+            if self.is_learner() and not served_by_learner(method, message):
+                raise errors.NOT_SUPPORTED_FOR_LEARNER.copy()  # etcd's interceptors: before anything else
             if method in CHARGED and not self.quota.fits(method, message):
                 self._raise_nospace()
                 raise errors.NO_SPACE.copy()

@@ -74,7 +74,8 @@ class Stream:
             self.client._enqueue((self.id, Method.WATCH_BLOCKED, b""), self.token)
 
     def _end(self, error: errors.EtcdError) -> None:
-        """The core lost this stream: responses already queued come first, then ``error``."""
+        """The core lost this stream (restart) or refused it (a learner's): responses already
+        queued come first, then ``error``."""
         self.ended = error
         self.queue.put_nowait(error)
 
@@ -216,9 +217,13 @@ class Client:
 
     def _on_frame(self, kind: int, aux: int, records: list[Record]) -> None:
         if kind == Kind.PUSH:
-            for sid, _, body in records:
+            for sid, status, body in records:
                 stream = self._streams.get(sid)
-                if stream is not None:
+                if stream is None:
+                    continue
+                if status:
+                    stream._end(errors.EtcdError(errors.Code(status), body.decode(errors="replace")))
+                else:
                     stream._push(body)
         elif kind == Kind.RESULT:
             for rid, status, body in records:

@@ -136,6 +136,7 @@ def build(config: NodeConfig, ctx: zmq.Context) -> Loop:
         storage.auth, me.cluster_id, me.member_id, backends, certificate_users=config.client_cert_auth
     )
     session = SessionActor(ctx, config.core_url, me.member_id, limits, gate)
+    session.is_learner = raft.is_learner
     auth = AuthActor(ctx, storage.auth, AuthSettings(bcrypt_cost=config.bcrypt_cost), backends)
     log.info("core_listening", url=session.url, member_id=f"{me.member_id:x}")
     watch = WatchActor(ctx, me.cluster_id, me.member_id, storage.store.revision)

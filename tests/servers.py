@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -409,6 +409,17 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def assert_same_on_etcd_and_cairn(base: Path, scenario: Callable[[Server], list[object]]) -> None:
+    """Run ``scenario`` on a fresh real etcd, then on a fresh cairn node: every observation it
+    returns must be the same (the differential tests' shape)."""
+    with Server("etcd", base / "etcd") as etcd:
+        expected = scenario(etcd)
+    with Server("cairn", base / "cairn") as cairn:
+        got = scenario(cairn)
+    for want, have in zip(expected, got, strict=True):
+        assert have == want, (have, want)
 
 
 def run_etcdctl(

@@ -16,6 +16,8 @@ import grpc
 import pytest
 from servers import Cluster, Server, free_port, run_etcdctl
 
+from actors.proto import rpc_pb2 as R
+
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -40,6 +42,18 @@ def etcdctl(endpoints: str, *args: str) -> str:
     if result.returncode == 0:
         return result.stdout
     return "".join(line + "\n" for line in result.stderr.splitlines() if line.startswith("Error:"))
+
+
+def until_healthy(endpoint: str, *args: str) -> str:
+    """A membership change, retried while etcd's strict reconfig check refuses it because peers
+    have been connected for less than 5 s ("unhealthy cluster"); stdout."""
+    deadline = time.monotonic() + 30
+    while True:
+        result = run_etcdctl(endpoint, *args, check=False)
+        if "etcdserver: unhealthy cluster" not in result.stderr or time.monotonic() > deadline:
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+        time.sleep(0.5)
 
 
 class Names:
@@ -154,6 +168,45 @@ def start_added_member(cluster: Cluster, base: Path, added: str, via: Server) ->
     return node
 
 
+LEARNER_REFUSAL = "etcdserver: rpc not supported for learner"  # etcd's ErrGPRCNotSupportedForLearner
+
+
+def assert_learner_refuses(node: Server) -> None:
+    """etcd 3.4's learner serves only Status and serializable ranges: every other unary RPC and
+    every stream (Watch, LeaseKeepAlive, Snapshot) fails with Unavailable and etcd's text."""
+    for args in (
+        ("get", "k49"),  # linearizable
+        ("member", "list"),
+        ("lease", "grant", "10"),
+        ("defrag",),
+        ("endpoint", "hashkv"),
+        ("user", "add", "u:p"),
+    ):
+        result = node.etcdctl(*args, check=False)
+        assert result.returncode != 0 and LEARNER_REFUSAL in result.stdout + result.stderr, (args, result)
+    watch = R.WatchRequest(create_request=R.WatchCreateRequest(key=b"k"))
+    streams = (
+        ("/etcdserverpb.Watch/Watch", watch),
+        ("/etcdserverpb.Lease/LeaseKeepAlive", R.LeaseKeepAliveRequest(ID=1)),
+    )
+    with grpc.insecure_channel(node.endpoint) as channel:
+        for path, request in streams:
+            call = channel.stream_stream(path)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(call(iter([request.SerializeToString()]), timeout=10))
+            assert (refused.value.code(), refused.value.details()) == (
+                grpc.StatusCode.UNAVAILABLE,
+                LEARNER_REFUSAL,
+            )
+        snapshot = channel.unary_stream("/etcdserverpb.Maintenance/Snapshot")
+        with pytest.raises(grpc.RpcError) as refused:
+            next(snapshot(b"", timeout=10))
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.UNAVAILABLE,
+            LEARNER_REFUSAL,
+        )
+
+
 def test_add_learner_promote_remove(tmp_path: Path) -> None:
     with Cluster("cairn", 3, tmp_path) as cluster:
         leader = cluster.leader()
@@ -161,9 +214,7 @@ def test_add_learner_promote_remove(tmp_path: Path) -> None:
         for i in range(50):
             run_etcdctl(cluster.endpoints, "put", f"k{i}", f"v{i}")
         peer = f"http://127.0.0.1:{free_port()}"
-        added = run_etcdctl(
-            follower.endpoint, "member", "add", "n4", f"--peer-urls={peer}", "--learner"
-        ).stdout
+        added = until_healthy(follower.endpoint, "member", "add", "n4", f"--peer-urls={peer}", "--learner")
         new_id = int(re.search(r"Member\s+(\w+) added", added).group(1), 16)
         node = start_added_member(cluster, tmp_path, added, follower)
         try:
@@ -176,6 +227,7 @@ def test_add_learner_promote_remove(tmp_path: Path) -> None:
             )
             refused = node.etcdctl("put", "k", "v", check=False)
             assert "etcdserver: rpc not supported for learner" in refused.stderr
+            assert_learner_refuses(node)
             assert node.etcdctl("endpoint", "status", "-w", "json").returncode == 0
             wait_for(
                 lambda: (
@@ -200,7 +252,7 @@ def test_add_learner_promote_remove(tmp_path: Path) -> None:
 
             # remove the leader itself: it steps down, the others elect a leader, it shuts down
             leader_id = int(listing[leader.name]["ID"])
-            run_etcdctl(follower.endpoint, "member", "remove", f"{leader_id:x}")
+            until_healthy(follower.endpoint, "member", "remove", f"{leader_id:x}")
             wait_for(lambda: not leader.running, 30, "the removed member shutting itself down")
             rest = [m for m in cluster.members if m is not leader] + [node]
             endpoints = ",".join(m.endpoint for m in rest)

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import grpc
-from servers import Server
+from servers import Server, assert_same_on_etcd_and_cairn
 
 from actors.proto import rpc_pb2 as R
 
@@ -72,21 +72,4 @@ def _maintenance_under_auth(server: Server) -> list[object]:
 
 
 def test_defragment_hash_hashkv_need_root_alarm_does_not(tmp_path: Path) -> None:
-    with Server("etcd", tmp_path / "etcd") as etcd:
-        expected = _maintenance_under_auth(etcd)
-    with Server("cairn", tmp_path / "cairn") as cairn:
-        got = _maintenance_under_auth(cairn)
-    for want, have in zip(expected, got, strict=True):
-        assert have == want, (have, want)
-    # the answers the brief names, not only equal to etcd's
-    assert ("none", ("defrag",), 1, "Failed to defragment etcd member[ENDPOINT] (rpc error: code = Unknown "
-            "desc = auth: user name is empty)") in got  # fmt: skip
-    assert (
-        "bob",
-        ("endpoint", "hashkv"),
-        1,
-        "Error: rpc error: code = Unknown desc = auth: permission denied",
-    ) in got
-    assert ("root", ("defrag",), 0, "Finished defragmenting etcd member[ENDPOINT]") in got
-    assert ("bob", "/v3/maintenance/alarm", 200, {}) in got
-    assert got[-1] == ("UNKNOWN", "auth: invalid auth token")
+    assert_same_on_etcd_and_cairn(tmp_path, _maintenance_under_auth)

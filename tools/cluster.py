@@ -90,10 +90,13 @@ def join(root: Path, n: int, name: str, learner: bool) -> None:
         name,
         f"--peer-urls=http://127.0.0.1:{peer}",
     ]
-    deadline = time.monotonic() + 30  # a cluster just started may not have elected a leader yet
+    # a cluster just started may not have elected a leader yet, or have had its peers connected for
+    # the 5 s etcd's strict reconfig check asks ("unhealthy cluster")
+    deadline = time.monotonic() + 30
     while True:
         added = subprocess.run([*add, *(["--learner"] if learner else [])], capture_output=True, text=True)
-        if added.returncode == 0 or "no leader" not in added.stderr or time.monotonic() > deadline:
+        transient = "no leader" in added.stderr or "unhealthy cluster" in added.stderr
+        if added.returncode == 0 or not transient or time.monotonic() > deadline:
             break
         time.sleep(1)
     print(added.stdout or added.stderr.splitlines()[-1], end="\n" if added.returncode else "")

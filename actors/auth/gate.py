@@ -24,7 +24,7 @@ from actors.auth.perms import READ
 from actors.auth.store import IDENTIFIED, ROOT_MAINTENANCE, AuthStore
 from actors.errors import EtcdError
 from actors.proto import rpc_pb2
-from actors.protocol import AUTHED, Method, encode_authed
+from actors.protocol import AUTHED, MEMBERSHIP_CHANGES, Method, encode_authed
 
 # etcd resolves the token of every request it proposes or serializes (an invalid token fails them
 # even when nothing is checked); keep-alives, lease lists, status and member lists ignore it.
@@ -73,8 +73,13 @@ class AuthGate:
 
     def tag(self, method: int, body: bytes, token: str | None) -> tuple[int, bytes]:
         """The method and body to route: with an auth header once auth is on; raises etcd's
-        "invalid auth token" for a token no member issued or one that expired."""
+        "invalid auth token" for a token no member issued or one that expired, and etcd's errors
+        for a membership change asked by anyone but a root user."""
         store = self.store
+        if method in MEMBERSHIP_CHANGES:
+            if store.enabled:  # etcd's checkMembershipOperationPermission, at the API layer as etcd
+                store.check_admin(self._identify(token)[0])
+            return method, body
         if method not in TOKEN_CHECKED or (token is None and not store.enabled):
             return method, body
         try:

@@ -14,6 +14,7 @@ import random
 import shutil
 import struct
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -54,11 +55,12 @@ from actors.raft.curve import CurveSettings
 from actors.raft.durable import DurableLog
 from actors.raft.log import Entry
 from actors.raft.members import MemberTable, etcd_error
+from actors.raft.reconfig import PeerActivity, check_add, check_remove
 from actors.raft.snapshots import Incoming, Outgoing, parse_ack
 from actors.raft.syncer import LogSyncer
 from actors.raft.transport import LEASE_KINDS, SNAP_ACK_MAGIC, SNAP_CHUNK_MAGIC, Inbound, PeerTransport
+from actors.raft.unpacker import SnapshotUnpacker
 from actors.storage.checkpoint import read_ticket
-from actors.storage.snapshot import SnapshotError, extract
 
 log = structlog.get_logger()
 
@@ -125,9 +127,12 @@ class RaftActor(Actor):
         shutil.rmtree(self.snapshot_dir, ignore_errors=True)  # partial transfers of an earlier run
         self.receiving = Incoming(self.snapshot_dir)
         self.staged: dict[tuple[int, int], str] = {}  # (index, term) -> unpacked snapshot, not installed
+        self.unpacker = SnapshotUnpacker(ctx)
+        self.unpacking: deque[tuple[int, Message, str]] = deque()  # (sender, SNAP message, target) in order
         self.installing: Ready | None = None  # the Ready whose snapshot the storage actor is installing
         self.snapshot_wanted: dict[int, Message] = {}  # peer -> SNAP message waiting for its checkpoint
         self.sending: dict[int, Outgoing] = {}  # peer -> snapshot transfer under way
+        self.activity = PeerActivity(settings.election_ms / 1000.0)  # for the strict reconfig check
         self.transport = PeerTransport(
             ctx,
             settings.cluster_id,
@@ -155,11 +160,16 @@ class RaftActor(Actor):
 
     def sockets(self) -> Sequence[zmq.Socket]:
         zap = () if self.transport.zap is None else (self.transport.zap.socket,)
-        return (self.inbox, self.transport.inbound, self.syncer.done, *zap)
+        return (self.inbox, self.transport.inbound, self.syncer.done, self.unpacker.done, *zap)
 
     def handle(self, sock: zmq.Socket, messages: list[list[bytes]]) -> None:
         if sock is self.syncer.done:
             self._synced()
+            return
+        if sock is self.unpacker.done:
+            for (outcome,) in messages:
+                self._unpacked(outcome)
+            self._drain_ready()
             return
         if self.transport.zap is not None and sock is self.transport.zap.socket:
             self.transport.zap.answer(messages)
@@ -172,8 +182,6 @@ class RaftActor(Actor):
         reads: list[Record] = []
         for (frame,) in messages:
             kind, aux, records = unpack(frame)
-            if kind in (Kind.PROPOSE, Kind.READ) and self._learner():
-                records = self._refuse_on_learner(records)
             if kind == Kind.PROPOSE:
                 proposals.extend(records)
             elif kind == Kind.READ:
@@ -199,21 +207,19 @@ class RaftActor(Actor):
             self._read_index(reads)
         self._drain_ready()
 
-    def _learner(self) -> bool:
+    def is_learner(self) -> bool:
+        """Whether this member is a learner now (the session refuses what a learner does not serve)."""
         me = self.members.get(self.settings.member_id)
         return me is not None and me.isLearner
 
-    def _refuse_on_learner(self, records: list[Record]) -> list[Record]:
-        """etcd serves only Status and serializable ranges on a learner (those never reach raft)."""
-        self._fail([r for r in records if r[1] != Method.STATUS], errors.NOT_SUPPORTED_FOR_LEARNER)
-        return [r for r in records if r[1] == Method.STATUS]
-
     def _peer_frames(self, got: Inbound) -> None:
         removed = self.members.removed
+        now = time.monotonic()
         for message in got.raft:
             if message.frm in removed:
                 self.transport.tell_removed(message.frm)
             else:
+                self.activity.heard(message.frm, now)
                 self.core.step(message)
         for sender, records in got.forwarded:
             self._propose(records, origin=sender)
@@ -229,7 +235,6 @@ class RaftActor(Actor):
             self.lease.extend(kind, records, aux=sender)
         if got.removed:
             self._removed()
-        now = time.monotonic()
         for sender, payload in got.snapshot_acks:
             self._snapshot_ack(sender, payload, now)
         for sender, payload in got.snapshot_chunks:
@@ -262,15 +267,26 @@ class RaftActor(Actor):
             if self.core.role != Role.LEADER:
                 raise NotLeader(self.core.leader_id)
             change = self.members.conf_change(method, body, key, self.settings.cluster_id, int(time.time()))
+            self._check_active_quorum(change)
             self.core.propose_conf_change(change)
         except NotLeader as e:
             self._forward(e, [record], origin)
         except ConfChangeError as e:
             self._fail([record], etcd_error(e), origin)
         except errors.EtcdError as e:
+            log.info("membership_change_refused", method=method, error=e.message)
             self._fail([record], e, origin)
         else:
             log.info("membership_change_proposed", change=change.type.name, member=f"{change.node_id:x}")
+
+    def _check_active_quorum(self, change: ConfChange) -> None:
+        """etcd's strict reconfig check on connectivity (reconfig.py): EtcdError "unhealthy cluster"."""
+        voters = [m.ID for m in self.members.listing() if not m.isLearner]
+        me, now = self.settings.member_id, time.monotonic()
+        if change.type in (ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER):
+            check_add(self.activity, me, voters, now)
+        elif change.type == ConfChangeType.REMOVE and change.node_id in voters:
+            check_remove(self.activity, me, voters, change.node_id, now)
 
     def _move_leader(self, record: Record) -> None:
         """etcd's MoveLeader: only the leader takes it; answered once the transferee leads."""
@@ -333,6 +349,7 @@ class RaftActor(Actor):
                 self._removed()
             else:
                 self.transport.retire(peer)
+                self.activity.forget(peer)
         elif change.type != ConfChangeType.PROMOTE_LEARNER and peer != self.settings.member_id:
             member = self.members.get(peer)
             if member is not None and member.peerURLs:
@@ -611,14 +628,26 @@ class RaftActor(Actor):
         try:
             (message,) = codec.decode(self.settings.cluster_id, received.message)
             snap = snapshot_of(message)
-            target = os.path.join(self.snapshot_dir, f"{snap.index}-{snap.term}")
-            shutil.rmtree(target, ignore_errors=True)
-            extract(received.path, target)
-        except (ValueError, SnapshotError, OSError) as e:
+        except ValueError as e:
             log.error("snapshot_received_unusable", peer=f"{sender:x}", error=str(e))
-            return
-        finally:
             os.unlink(received.path)
+            return
+        target = os.path.join(self.snapshot_dir, f"{snap.index}-{snap.term}")
+        if (snap.index, snap.term) in self.staged or any(t == target for _, _, t in self.unpacking):
+            os.unlink(received.path)  # a second transfer of it: the first is staged or being unpacked
+            return
+        self.unpacking.append((sender, message, target))
+        self.unpacker.unpack(received.path, target)  # the loop goes on meanwhile (unpacker.py)
+
+    def _unpacked(self, outcome: bytes) -> None:
+        """A received snapshot is unpacked (or refused): the core may now take it."""
+        sender, message, target = self.unpacking.popleft()
+        if outcome:
+            log.error(
+                "snapshot_received_unusable", peer=f"{sender:x}", error=outcome.decode(errors="replace")
+            )
+            return
+        snap = snapshot_of(message)
         log.info("snapshot_received", peer=f"{sender:x}", index=snap.index, term=snap.term)
         self.staged[(snap.index, snap.term)] = target
         self.core.step(message)
@@ -707,6 +736,7 @@ class RaftActor(Actor):
             mailbox.close()
         self.transport.close()
         self.syncer.close()
+        self.unpacker.close()
         self.receiving.close()
         for out in self.sending.values():
             out.discard()

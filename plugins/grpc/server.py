@@ -185,7 +185,7 @@ def watch_stream(client: Client) -> StreamHandler:
 
     A client that half-closes keeps receiving, as with etcd; the stream ends when the client
     cancels, or with UNAVAILABLE when the server stops or the core process restarted (clients
-    then reconnect and resume from their last revision).
+    then reconnect and resume from their last revision), or with the core's refusal (a learner's).
     """
 
     async def handler(requests: AsyncIterator[bytes], context: CallContext) -> AsyncIterator[bytes]:
@@ -197,12 +197,8 @@ def watch_stream(client: Client) -> StreamHandler:
 
         reader = asyncio.create_task(forward_requests())
         try:
-            while True:
-                try:
-                    response = await stream.get()
-                except EtcdError as e:  # the core lost the stream
-                    await context.abort(grpc.StatusCode[e.code.name], e.message)
-                yield response
+            while True:  # an EtcdError (the core lost or refused the stream) becomes the status
+                yield await stream.get()
         finally:
             reader.cancel()
             stream.close()

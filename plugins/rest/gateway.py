@@ -476,7 +476,7 @@ class Gateway:
                 while True:
                     try:
                         answer = await stream.get()
-                    except EtcdError as e:  # the core lost the stream: the client reconnects
+                    except EtcdError as e:  # the core lost (restart) or refused (learner) the stream
                         code = metrics.GRPC_CODE_NAMES[e.code]
                         await exchange.write(stream_error_chunk(e.code, e.message))
                         log.warning(

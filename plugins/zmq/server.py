@@ -35,7 +35,7 @@ from actors import errors
 from actors.auth.backends import request_token
 from actors.proto import rpc_pb2
 from actors.protocol import AUTH_RPCS, Kind, MalformedFrame, Method, Record, decode_with_token, pack, unpack
-from node.api import Client, Stream
+from node.api import CORE_LOST, Client, Stream
 from node.config import ConfigError
 from plugins.zmq.curve import ClientGate, client_curve
 
@@ -341,8 +341,13 @@ class ZmqFrontend:
         while True:
             try:
                 response = await stream.get()
-            except errors.EtcdError:  # the core restarted and lost every stream it had
-                self._renew_session(peer)
+            except errors.EtcdError as e:
+                if e.message == CORE_LOST.message:  # the core restarted and lost every stream it had
+                    self._renew_session(peer)
+                else:  # the core refused this stream (a learner's)
+                    peer.streams.pop(sid, None)
+                    peer.pumps.pop(sid, None)
+                    self._reply(peer, error_record(sid, e))
                 return
             if not peer.writable.is_set():
                 await peer.writable.wait()
