@@ -22,8 +22,15 @@ from actors.raft.transport import JOIN_MAGIC
 
 
 def cairnctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """cairnctl's result, retried while the strict reconfig check refuses a membership change
+    because the peers have been connected for less than 5 s ("unhealthy cluster"), as etcd does."""
     command = [sys.executable, "-m", "tools.cairnctl", "--endpoint", endpoint, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while True:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if "etcdserver: unhealthy cluster" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
 
 
 def joiner(base: Path, settings: dict[str, str]) -> Server:
