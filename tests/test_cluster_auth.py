@@ -10,7 +10,7 @@ from pathlib import Path
 from servers import Server, assert_same_on_etcd_and_cairn
 
 USERS = {"none": (), "bob": ("--user", "bob:bobpw"), "root": ("--user", "root:rootpw")}
-HEX_ID = re.compile(r"\b[0-9a-f]{13,16}\b")
+HEX_ID = re.compile(r"( ?) *\b[0-9a-f]{12,16}\b")  # etcdctl pads ids to 16 columns with spaces
 LEARNER_URL = "http://127.0.0.1:1"  # never started: a learner that never catches up
 
 
@@ -25,7 +25,7 @@ def _run(server: Server, who: tuple[str, ...], *command: str) -> tuple[int, str]
         lambda m: 'ETCD_INITIAL_CLUSTER="' + ",".join(sorted(m.group(1).split(","))) + '"',
         text,
     )
-    return result.returncode, HEX_ID.sub("ID", text)
+    return result.returncode, HEX_ID.sub(r"\1ID", text)
 
 
 def _membership_under_auth(server: Server) -> list[object]:
@@ -52,7 +52,7 @@ def _membership_under_auth(server: Server) -> list[object]:
             ("member", "list"),
             ("move-leader", own_id),
         ):
-            seen.append((name, HEX_ID.sub("ID", " ".join(command)), _run(server, who, *command)))
+            seen.append((name, HEX_ID.sub(r"\1ID", " ".join(command)), _run(server, who, *command)))
     return seen
 
 
